@@ -1,0 +1,40 @@
+# Everything a fresh machine needs is installed by these targets (Go must be on PATH for the
+# one-time Kubernetes build; see README).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: help venv binaries cluster cluster-down test test-harness demo clean
+
+help:
+	@echo "make demo          run the demo end to end on the local cluster"
+	@echo "make test          run the test suite (starts its own local cluster)"
+	@echo "make cluster       start the local cluster in the background (kubeconfig: .localcluster/kubeconfig)"
+	@echo "make cluster-down  stop it and remove its state"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+binaries: venv
+	$(PY) -m localcluster binaries
+
+cluster: binaries
+	@$(PY) -m localcluster up --state .localcluster
+
+cluster-down: venv
+	@$(PY) -m localcluster down --state .localcluster
+
+test: binaries
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+demo: binaries
+	$(PY) -m localcluster.demo
+
+clean: cluster-down
+	rm -rf $(VENV)

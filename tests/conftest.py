@@ -1,0 +1,48 @@
+"""Session-wide local cluster: started once (real etcd, API server, controller-manager,
+scheduler, process-kubelet, S3), torn down at the end even when tests fail."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from localcluster.cluster import ClusterInfo, LocalCluster
+from localcluster.testing import api_client, create_namespace, delete_namespace
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> ClusterInfo:
+    state = tmp_path_factory.mktemp("localcluster")
+    lc = LocalCluster(Path(state))
+    info = lc.start()
+    os.environ["LOCALCLUSTER_STARTED_SECONDS"] = str(info.started_seconds)
+    yield info
+    lc.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster):
+    return api_client(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core(kube):
+    from kubernetes import client
+
+    return client.CoreV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def batch(kube):
+    from kubernetes import client
+
+    return client.BatchV1Api(kube)
+
+
+@pytest.fixture
+def namespace(core, request):
+    ns = create_namespace(core, prefix=request.node.name[:20].lower().replace("_", "-").strip("-"))
+    yield ns
+    delete_namespace(core, ns)
