@@ -34,7 +34,7 @@ test: binaries
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 demo: binaries
-	$(PY) -m localcluster.demo
+	$(PY) -m localcluster.smoke
 
 clean: cluster-down
 	rm -rf $(VENV)

@@ -270,7 +270,7 @@ class PodWorker(threading.Thread):
             src = self.volume_paths.get(vm["name"])
             if src is None:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": f"volume {vm['name']!r} not found"}}
-                c.done = True
+                c.next_start = time.monotonic() + 5.0
                 return
             if vm.get("subPath"):
                 src = src / vm["subPath"]
@@ -281,7 +281,7 @@ class PodWorker(threading.Thread):
             c.state = {"waiting": {"reason": "CreateContainerError", "message": (
                 f"mountPath {hidden[0]} would hide the local runtime ({', '.join(self.kubelet.runtime_paths)}) "
                 "on the process-kubelet; mount the volume elsewhere")}}
-            c.done = True
+            c.next_start = time.monotonic() + 5.0  # like a runtime error: retried, never runs
             return
         sc = c.spec.get("securityContext") or {}
         spec = {

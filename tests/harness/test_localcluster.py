@@ -319,3 +319,20 @@ def test_s3_round_trip_through_endpoint(cluster):
     keys = [o["Key"] for o in c.list_objects_v2(Bucket="roundtrip", Prefix="models/")["Contents"]]
     assert keys == ["models/model.onnx"]
     assert cluster.s3_endpoint.startswith("http://127.0.0.1:")  # reached only over HTTP, like MinIO/AWS
+
+
+def test_mount_over_the_local_runtime_is_refused_with_a_clear_reason(core, namespace):
+    import sys
+
+    hidden = os.path.dirname(os.path.normpath(sys.prefix))  # the repo that holds the venv
+    spec = pod("hider", "print('never runs')")
+    spec["spec"]["containers"][0]["volumeMounts"] = [{"name": "v", "mountPath": hidden}]
+    spec["spec"]["volumes"] = [{"name": "v", "emptyDir": {}}]
+    core.create_namespaced_pod(namespace, spec)
+
+    def waiting():
+        statuses = core.read_namespaced_pod("hider", namespace).status.container_statuses or []
+        return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason == "CreateContainerError" and statuses[0].state.waiting
+
+    w = wait_until(waiting, 30, what="CreateContainerError")
+    assert hidden in w.message and "would hide the local runtime" in w.message
