@@ -148,6 +148,7 @@ class ControlPlane:
             f"--default-unreachable-toleration-seconds={NOT_READY_TOLERATION_SECONDS}",
             "--allow-privileged=true",
             "--profiling=false",
+            "--shutdown-delay-duration=0s",
             "--v=1",
         ], self._log("kube-apiserver"))
         ctx = ssl.create_default_context(cafile=str(p("ca.crt")))

@@ -276,13 +276,12 @@ class PodWorker(threading.Thread):
                 src = src / vm["subPath"]
                 src.mkdir(parents=True, exist_ok=True)
             mounts.append({"source": str(src), "target": vm["mountPath"], "readOnly": bool(vm.get("readOnly"))})
-        hidden = [m["target"] for m in mounts if _covers(m["target"], self.kubelet.runtime_paths)]
-        if hidden:  # a container image would have its own /work or /usr; here it is the host's
-            c.state = {"waiting": {"reason": "CreateContainerError", "message": (
-                f"mountPath {hidden[0]} would hide the local runtime ({', '.join(self.kubelet.runtime_paths)}) "
-                "on the process-kubelet; mount the volume elsewhere")}}
-            c.next_start = time.monotonic() + 5.0  # like a runtime error: retried, never runs
-            return
+        # The "image" is this machine's Python environment: a mount over one of its parents
+        # (a private /tmp when the repo lives in /tmp, a volume at /work) would hide it, so
+        # bind it back, read-only, on top.
+        for path in self.kubelet.runtime_paths:
+            if any(_covers(m["target"], [path]) for m in mounts):
+                mounts.append({"source": path, "target": path, "readOnly": True})
         sc = c.spec.get("securityContext") or {}
         spec = {
             "mounts": mounts,

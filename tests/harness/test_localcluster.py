@@ -321,18 +321,22 @@ def test_s3_round_trip_through_endpoint(cluster):
     assert cluster.s3_endpoint.startswith("http://127.0.0.1:")  # reached only over HTTP, like MinIO/AWS
 
 
-def test_mount_over_the_local_runtime_is_refused_with_a_clear_reason(core, namespace):
+def test_volume_over_the_runtimes_parent_keeps_the_runtime_visible(core, namespace):
     import sys
 
-    hidden = os.path.dirname(os.path.normpath(sys.prefix))  # the repo that holds the venv
-    spec = pod("hider", "print('never runs')")
-    spec["spec"]["containers"][0]["volumeMounts"] = [{"name": "v", "mountPath": hidden}]
+    import localcluster
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(localcluster.__file__)))
+    parent = os.path.dirname(repo)  # the folder that holds the repo and its venv
+    script = f"""
+        import os, sys
+        open(os.path.join({parent!r}, 'written-in-volume'), 'w').close()
+        open('/dev/termination-log', 'w').write(sys.executable)
+    """
+    spec = pod("over-runtime", script)
+    spec["spec"]["containers"][0]["volumeMounts"] = [{"name": "v", "mountPath": parent}]
     spec["spec"]["volumes"] = [{"name": "v", "emptyDir": {}}]
     core.create_namespaced_pod(namespace, spec)
-
-    def waiting():
-        statuses = core.read_namespaced_pod("hider", namespace).status.container_statuses or []
-        return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason == "CreateContainerError" and statuses[0].state.waiting
-
-    w = wait_until(waiting, 30, what="CreateContainerError")
-    assert hidden in w.message and "would hide the local runtime" in w.message
+    st = wait_until(lambda: terminated(core, namespace, "over-runtime"), 30, what="pod to finish")
+    assert st.exit_code == 0 and st.message.startswith(sys.prefix)
+    assert not os.path.exists(os.path.join(parent, "written-in-volume"))  # it went to the volume
