@@ -1,0 +1,215 @@
+"""Pure builders: a SparsifyJob (+ what stage, which attempt) -> child manifests.
+
+Deterministic names, owner references, labels; no API calls. `construct_job` is the one
+place that knows how a stage pod looks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .api import (
+    ANNOTATION_BATCH_SIZE, API_VERSION, GPU_RESOURCE, KIND, KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB,
+    LABEL_MANAGED_BY, LABEL_STAGE, MANAGED_BY, RENDEZVOUS_PORT,
+)
+from .spec import output_uri, recipe_name
+
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# Stage-specific Job settings: pod retries before the stage fails, and the default deadline.
+STAGE_BACKOFF = {"validate": 0, "export": 1, "benchmark": 1, "publish": 2}
+STAGE_DEADLINE_SECONDS = {"validate": 1800, "export": 3600, "benchmark": 3600, "publish": 900}
+STAGE_RESOURCES = {
+    "validate": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+    "export": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "16Gi"}},
+    "benchmark": {"requests": {"cpu": "16", "memory": "8Gi"}, "limits": {"memory": "32Gi"}},
+    "publish": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the platform team sets once (Helm values -> operator environment)."""
+
+    trainer_image: str = "ghcr.io/yolo-sparsify/trainer:0.1.0"
+    cpu_image: str = "ghcr.io/yolo-sparsify/cpu-worker:0.1.0"
+    worker_command: tuple[str, ...] = ("sparsify-worker",)
+    train_launcher: tuple[str, ...] = ("torchrun",)
+    image_pull_policy: str = "IfNotPresent"
+    shm_size: str = "16Gi"
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+def job_name(sj_name: str, stage: str, attempt: int = 0) -> str:
+    return f"{sj_name}-{stage}" if attempt == 0 else f"{sj_name}-{stage}-r{attempt}"
+
+
+def rendezvous_service_name(sj_name: str) -> str:
+    return f"{sj_name}-rdzv"
+
+
+def owner_reference(sj: dict) -> dict:
+    meta = sj["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def child_labels(sj: dict, stage: str, attempt: int) -> dict:
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: sj["metadata"]["name"], LABEL_STAGE: stage, LABEL_ATTEMPT: str(attempt)}
+
+
+def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | None, inputs: dict, config: OperatorConfig) -> list[dict]:
+    meta = sj["metadata"]
+    env = [
+        {"name": "SPARSIFY_STAGE", "value": stage},
+        {"name": "SPARSIFY_NAMESPACE", "value": meta["namespace"]},
+        {"name": "SPARSIFY_NAME", "value": meta["name"]},
+        {"name": "SPARSIFY_UID", "value": meta["uid"]},
+        {"name": "SPARSIFY_ATTEMPT", "value": str(attempt)},
+        {"name": "SPARSIFY_RECIPE", "value": recipe_name(spec)},
+        {"name": "SPARSIFY_OUTPUT_URI", "value": output_uri(spec, meta["namespace"], meta["name"])},
+        {"name": "SPARSIFY_SPEC", "value": json.dumps(spec, sort_keys=True, separators=(",", ":"))},
+        {"name": "SPARSIFY_INPUTS", "value": json.dumps(inputs, sort_keys=True, separators=(",", ":"))},
+        {"name": "AWS_REGION", "value": spec["output"].get("region", "us-east-1")},
+        {"name": "AWS_DEFAULT_REGION", "value": spec["output"].get("region", "us-east-1")},
+        {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
+        {"name": "TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+    ]
+    if batch_size is not None:
+        env.append({"name": "SPARSIFY_BATCH_SIZE", "value": str(batch_size)})
+    if spec["output"].get("endpoint"):
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": spec["output"]["endpoint"]})
+    env += [{"name": k, "value": v} for k, v in config.extra_env]
+    env += [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
+    return env
+
+
+def train_command(sj: dict, spec: dict, attempt: int, config: OperatorConfig) -> list[str]:
+    """torchrun: one process per GPU; several nodes rendezvous (c10d) at index 0's pod."""
+    tr = spec["training"]
+    nodes, gpus = int(tr["nodes"]), int(tr["gpusPerNode"])
+    cmd = [*config.train_launcher, f"--nnodes={nodes}", f"--nproc_per_node={gpus}"]
+    if nodes == 1:
+        cmd.insert(len(config.train_launcher), "--standalone")
+    else:
+        name, ns = sj["metadata"]["name"], sj["metadata"]["namespace"]
+        host = f"{job_name(name, 'train', attempt)}-0.{rendezvous_service_name(name)}.{ns}.svc.cluster.local"
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={host}:{RENDEZVOUS_PORT}",
+                f"--rdzv_id={sj['metadata']['uid']}-{attempt}", "--max_restarts=0"]
+    return [*cmd, "--no-python", *config.worker_command, "train"]
+
+
+def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: OperatorConfig,
+                  batch_size: int | None = None, inputs: dict | None = None) -> dict:
+    name = job_name(sj["metadata"]["name"], stage, attempt)
+    labels = child_labels(sj, stage, attempt)
+    gpu = stage == "train"
+    tr = spec["training"]
+    if gpu:
+        image = tr.get("image") or config.trainer_image
+        command = train_command(sj, spec, attempt, config)
+        resources = _merge_resources(tr.get("resources") or {}, {"limits": {GPU_RESOURCE: str(tr["gpusPerNode"])}})
+    else:
+        image = config.cpu_image
+        command = [*config.worker_command, stage]
+        resources = STAGE_RESOURCES[stage]
+    volumes = [{"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if gpu:  # PyTorch DataLoader workers share tensors through /dev/shm
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    container = {
+        "name": stage,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": command,
+        "env": stage_env(sj, spec, stage, attempt, batch_size, inputs or {}, config),
+        "resources": resources,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec["output"].get("credentialsSecret"):
+        container["envFrom"] = [{"secretRef": {"name": spec["output"]["credentialsSecret"]}}]
+    pod_spec: dict = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"runAsNonRoot": True, "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "enableServiceLinks": False,
+    }
+    if spec["output"].get("serviceAccountName"):  # workload identity needs the projected token
+        pod_spec["serviceAccountName"] = spec["output"]["serviceAccountName"]
+        pod_spec["automountServiceAccountToken"] = True
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    job_spec: dict = {
+        "backoffLimit": int(tr["backoffLimit"]) if gpu else STAGE_BACKOFF[stage],
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if gpu:
+        pod_spec["tolerations"] = [GPU_TOLERATION, *(tr.get("tolerations") or [])]
+        if tr.get("nodeSelector"):
+            pod_spec["nodeSelector"] = dict(tr["nodeSelector"])
+        if tr.get("activeDeadlineSeconds"):
+            job_spec["activeDeadlineSeconds"] = int(tr["activeDeadlineSeconds"])
+        # OOM fails the attempt at once: the operator resumes it with half the batch size.
+        # Node loss or preemption does not count against backoffLimit.
+        job_spec["podFailurePolicy"] = {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [137]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]}
+        nodes = int(tr["nodes"])
+        if nodes > 1:
+            job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+            pod_spec["subdomain"] = rendezvous_service_name(sj["metadata"]["name"])
+    else:
+        job_spec["activeDeadlineSeconds"] = STAGE_DEADLINE_SECONDS[stage]
+        if stage == "benchmark" and spec["benchmark"].get("nodeSelector"):
+            pod_spec["nodeSelector"] = dict(spec["benchmark"]["nodeSelector"])
+    annotations = {}
+    if batch_size is not None:
+        annotations[ANNOTATION_BATCH_SIZE] = str(batch_size)
+    job_labels = dict(labels)
+    if tr.get("queueName"):
+        job_labels[KUEUE_QUEUE_LABEL] = tr["queueName"]
+        job_spec["suspend"] = True  # Kueue admits (unsuspends) it when the whole gang fits
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": sj["metadata"]["namespace"], "labels": job_labels,
+                     "annotations": annotations, "ownerReferences": [owner_reference(sj)]},
+        "spec": job_spec,
+    }
+
+
+def construct_rendezvous_service(sj: dict) -> dict:
+    """Headless Service so Indexed Job pods resolve as <job>-<index>.<service>."""
+    name = sj["metadata"]["name"]
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": rendezvous_service_name(name), "namespace": sj["metadata"]["namespace"],
+                     "labels": labels, "ownerReferences": [owner_reference(sj)]},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # rendezvous happens before anything is "ready"
+            "selector": {LABEL_JOB: name, LABEL_STAGE: "train"},
+            "ports": [{"name": "c10d", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def _merge_resources(user: dict, forced: dict) -> dict:
+    out = {k: dict(v) for k, v in user.items() if isinstance(v, dict)}
+    for kind, values in forced.items():
+        out.setdefault(kind, {}).update(values)
+    if GPU_RESOURCE in out.get("limits", {}) and "requests" in out:
+        out["requests"][GPU_RESOURCE] = out["limits"][GPU_RESOURCE]  # extended resources: requests == limits
+    return out

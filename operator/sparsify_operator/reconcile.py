@@ -1,0 +1,221 @@
+"""The reconcile decision (pure): the SparsifyJob + what the cluster shows -> what to create,
+the status to write and the events to post. Handlers only execute the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .api import STAGE_PHASES, STAGES
+from .builders import OperatorConfig, construct_job, construct_rendezvous_service
+from .observe import Attempt
+from .spec import SpecError, normalized, recipe_name, world_size
+from .status import conditions, human_size
+
+TERMINAL = ("Succeeded", "Failed")
+MESSAGE_LIMIT = 512
+
+
+@dataclass
+class Plan:
+    create: list[dict] = field(default_factory=list)
+    status: dict = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def halved_batch(batch: int | None, world: int) -> int | None:
+    """Half the total batch, kept divisible by the number of processes; None if impossible."""
+    if not batch:
+        return None
+    new = (batch // 2) // world * world
+    return new if new >= world else None
+
+
+def next_train_attempt(spec: dict, attempts: list[Attempt]) -> int | None:
+    """Batch size of the next training attempt after a SIGKILL, or None when retries are spent:
+    OOM halves the batch (up to maxOOMRetries); any other kill keeps it (up to backoffLimit)."""
+    last = attempts[-1]
+    earlier = attempts[:-1]
+    if last.oom:
+        if sum(a.oom for a in earlier) >= int(spec["training"]["maxOOMRetries"]):
+            return None
+        return halved_batch(last.batch_size, world_size(spec))
+    if sum(a.reason == "Killed" for a in earlier) >= int(spec["training"]["backoffLimit"]):
+        return None
+    return last.batch_size
+
+
+def stage_status(attempts: list[Attempt]) -> dict:
+    last = attempts[-1]
+    s = {
+        "phase": last.state,
+        "job": last.job,
+        "attempts": len(attempts),
+        "startTime": attempts[0].start_time,
+        "completionTime": last.completion_time,
+        "exitCode": last.exit_code,
+        "reason": last.reason,
+        "message": (last.summary.get("error") or last.message or "")[:MESSAGE_LIMIT] if last.state == "Failed" else None,
+        "batchSize": last.batch_size,
+        "podFailures": sum(a.pods_failed for a in attempts) or None,
+    }
+    if len(attempts) > 1:
+        s["retries"] = [{"attempt": a.attempt, "job": a.job, "reason": a.reason, "batchSize": a.batch_size} for a in attempts[:-1]]
+    return {k: v for k, v in s.items() if v is not None}
+
+
+def collect_results(summaries: dict[str, dict]) -> dict:
+    """Status results from the stages' JSON summaries."""
+    train, export, bench, publish = (summaries.get(s, {}) for s in ("train", "export", "benchmark", "publish"))
+    r: dict = {}
+    if "bestMap50" in train:
+        r["map50"] = round(float(train["bestMap50"]), 4)
+    if "epochs" in train:
+        r["epochs"] = train["epochs"]
+    sparsity = export.get("sparsity", train.get("sparsity"))
+    if sparsity is not None:
+        r["sparsity"] = round(float(sparsity), 4)
+    if "sizeBytes" in export:
+        r["sizeBytes"] = int(export["sizeBytes"])
+    if "sizeGzipBytes" in export:
+        r["sizeGzipBytes"] = int(export["sizeGzipBytes"])
+    size = r.get("sizeGzipBytes", r.get("sizeBytes"))  # the seed's "size on disk" is compressed
+    if size is not None:
+        r["size"] = human_size(size)
+    engines = bench.get("engines") or {}
+    throughput = {e: round(float(v["imagesPerSecond"]), 2) for e, v in engines.items() if isinstance(v, dict) and "imagesPerSecond" in v}
+    if throughput:
+        r["throughput"] = throughput
+        r["imagesPerSecond"] = throughput.get("deepsparse", next(iter(throughput.values())))
+    if "nativeFraction" in bench:
+        r["deepsparseNativeFraction"] = bench["nativeFraction"]
+    artifacts = {
+        "checkpoint": train.get("checkpoint"), "lastCheckpoint": train.get("lastCheckpoint"), "onnx": export.get("onnx"),
+        "report": publish.get("report") or bench.get("report"), "results": publish.get("results"),
+    }
+    artifacts = {k: v for k, v in artifacts.items() if v}
+    if artifacts:
+        r["artifacts"] = artifacts
+    return r
+
+
+def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, now: str) -> Plan:
+    meta = sj["metadata"]
+    old = _sane_status(sj.get("status"))
+    generation = meta.get("generation")
+    p = Plan()
+    try:
+        spec = normalized(sj.get("spec"))
+    except SpecError as e:
+        p.status = {"phase": "Failed", "observedGeneration": generation,
+                    "conditions": conditions("Failed", "InvalidSpec", str(e), generation, now, old.get("conditions"))}
+        if old.get("phase") != "Failed":
+            p.events.append(("Warning", "InvalidSpec", str(e)))
+        return p
+
+    summaries: dict[str, dict] = {}
+    stages: dict[str, dict] = {}
+    phase, reason, message = "Succeeded", "Succeeded", "all stages succeeded"
+    latched = old.get("phase") in TERMINAL  # a finished run is never restarted
+    for stage in STAGES:
+        attempts = observed.get(stage, [])
+        if not attempts:
+            if latched:
+                phase, reason, message = old["phase"], "Finished", "finished earlier"
+                break
+            batch = int(spec["training"]["batchSize"]) if stage == "train" else None
+            job = construct_job(sj, spec, stage, 0, config, batch, summaries)
+            p.create.append(job)
+            if stage == "train" and int(spec["training"]["nodes"]) > 1:
+                p.create.insert(0, construct_rendezvous_service(sj))
+            stages[stage] = {"phase": "Pending", "job": job["metadata"]["name"], "attempts": 1}
+            phase, reason, message = STAGE_PHASES[stage], "StageRunning", f"{stage}: Job {job['metadata']['name']} created"
+            break
+        last = attempts[-1]
+        stages[stage] = stage_status(attempts)
+        if last.state == "Succeeded":
+            summaries[stage] = last.summary
+            continue
+        if last.state == "Failed":
+            if stage == "train" and last.killed and not latched:
+                retry = next_train_attempt(spec, attempts)
+                if retry is not None:
+                    new_batch = retry
+                    job = construct_job(sj, spec, stage, last.attempt + 1, config, new_batch, summaries)
+                    p.create.append(job)
+                    if int(spec["training"]["nodes"]) > 1:
+                        p.create.insert(0, construct_rendezvous_service(sj))
+                    if last.oom:
+                        p.events.append(("Warning", "OOMRetry",
+                                         f"train attempt {last.attempt} was OOM-killed at batch size {last.batch_size}; "
+                                         f"resuming from the last checkpoint with batch size {new_batch} (Job {job['metadata']['name']})"))
+                    else:
+                        p.events.append(("Warning", "KilledRetry",
+                                         f"train attempt {last.attempt} was killed (exit 137); resuming from the last checkpoint "
+                                         f"with batch size {new_batch} (Job {job['metadata']['name']})"))
+                    stages[stage].update({"phase": "Pending", "job": job["metadata"]["name"], "attempts": len(attempts) + 1,
+                                          "batchSize": new_batch})
+                    stages[stage].setdefault("retries", []).append(
+                        {"attempt": last.attempt, "job": last.job, "reason": last.reason, "batchSize": last.batch_size})
+                    for k in ("exitCode", "reason", "message", "completionTime"):
+                        stages[stage].pop(k, None)
+                    phase, reason = STAGE_PHASES[stage], ("OOMRetry" if last.oom else "KilledRetry")
+                    message = f"train: resuming with batch size {new_batch}"
+                    break
+            phase = "Failed"
+            reason = last.reason or "Failed"
+            detail = stages[stage].get("message") or ""
+            code = f" with exit code {last.exit_code}" if last.exit_code is not None else ""
+            message = f"stage {stage} failed ({reason}){code}" + (f": {detail}" if detail else "")
+            break
+        phase, reason = STAGE_PHASES[stage], "StageRunning"
+        message = f"{stage}: Job {last.job} is {last.state.lower()}"
+        break
+
+    status = {
+        "phase": phase,
+        "recipe": recipe_name(spec),
+        "observedGeneration": generation,
+        "stages": stages,
+        "results": collect_results(summaries),
+        "startTime": old.get("startTime") or now,
+        "conditions": conditions(phase, reason, message[:MESSAGE_LIMIT], generation, now, old.get("conditions")),
+    }
+    if phase in TERMINAL:
+        status["completionTime"] = old.get("completionTime") or now
+    p.status = status
+    p.events += transition_events(old, status)
+    return p
+
+
+def _sane_status(status) -> dict:
+    """The status as this operator writes it; anything else (a user's scribbles) is ignored
+    and overwritten by the next write."""
+    if not isinstance(status, dict):
+        return {}
+    sane = dict(status)
+    for key, kind in (("conditions", list), ("stages", dict), ("results", dict)):
+        if not isinstance(sane.get(key), kind):
+            sane.pop(key, None)
+    if isinstance(sane.get("conditions"), list):
+        sane["conditions"] = [c for c in sane["conditions"] if isinstance(c, dict)]
+    if isinstance(sane.get("stages"), dict):
+        sane["stages"] = {k: v for k, v in sane["stages"].items() if isinstance(v, dict)}
+    return sane
+
+
+def transition_events(old: dict, new: dict) -> list[tuple[str, str, str]]:
+    events = []
+    old_stages = old.get("stages") or {}
+    for stage, s in new.get("stages", {}).items():
+        before = (old_stages.get(stage) or {}).get("phase")
+        if s["phase"] != before and s["phase"] in ("Running", "Succeeded", "Failed"):
+            kind = "Warning" if s["phase"] == "Failed" else "Normal"
+            text = f"stage {stage} {s['phase'].lower()} (Job {s['job']})"
+            if s["phase"] == "Failed":
+                text += f": {s.get('reason')}, exit code {s.get('exitCode')}"
+            events.append((kind, f"Stage{s['phase']}", text))
+    if new["phase"] != old.get("phase"):
+        ready = next(c for c in new["conditions"] if c["type"] == "Ready")
+        kind = "Warning" if new["phase"] == "Failed" else "Normal"
+        events.append((kind, new["phase"], ready["message"]))
+    return events

@@ -1,0 +1,262 @@
+"""The operator against the local control plane, with stand-in stage commands (the worker is
+tested on its own). The operator runs with its ServiceAccount's RBAC."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import pytest
+import yaml
+from kubernetes import client
+
+from localcluster import faults
+from localcluster.testing import kubectl, wait_until
+
+from .conftest import REPO, wait_phase
+
+pytestmark = pytest.mark.cluster
+GROUP, VERSION, PLURAL = "yolo-sparsify.io", "v1alpha1", "sparsifyjobs"
+
+SPEC = {
+    "model": {"arch": "yolov5s"},
+    "recipe": {"preset": "pruned-quantized"},
+    "dataset": {"uri": "s3://data/coco128/"},
+    "training": {"nodes": 1, "gpusPerNode": 2, "batchSize": 64, "epochs": 4},
+    "benchmark": {"durationSeconds": 1},
+    "output": {"bucket": "models"},
+}
+
+
+def manifest(name: str, env: dict | None = None, **updates) -> dict:
+    spec = copy.deepcopy(SPEC)
+    for k, v in updates.items():
+        spec[k] = {**spec.get(k, {}), **v}
+    if env:
+        spec["env"] = [{"name": k, "value": str(v)} for k, v in env.items()]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": name}, "spec": spec}
+
+
+def create(custom, namespace, body):
+    return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def jobs_of(batch, namespace, name):
+    return batch.list_namespaced_job(namespace, label_selector=f"yolo-sparsify.io/sparsifyjob={name}").items
+
+
+def events_of(core, namespace, name):
+    return [(e.reason, e.message) for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items]
+
+
+# ---- the API --------------------------------------------------------------------------------
+
+
+def test_crd_explains_itself_and_every_sample_applies(cluster, crd, namespace):
+    out = kubectl(cluster.kubeconfig, "explain", "sparsifyjob.spec.training.batchSize").stdout
+    assert "Total batch size over all GPUs" in out
+    samples = sorted((REPO / "manifests/samples").glob("*.yaml"))
+    assert len(samples) == 6
+    for sample in samples:
+        res = kubectl(cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", str(sample), check=False)
+        assert res.returncode == 0, f"{sample.name}: {res.stderr}"
+
+
+INVALID = [
+    ("preset for the other model", {"recipe": {"preset": "yolov5l-pruned"}}, "recipes are not interchangeable"),
+    ("custom recipe for the other model", {"recipe": {"inline": "modifiers: []", "targetArch": "yolov5l"}}, "recipe.targetArch does not match model.arch"),
+    ("custom recipe without its model", {"recipe": {"uri": "s3://r/recipe.yaml"}}, "must say which model it is written for"),
+    ("two recipe sources", {"recipe": {"preset": "pruned", "uri": "s3://r/recipe.yaml"}}, "exactly one of preset, uri or inline"),
+    ("unknown architecture", {"model": {"arch": "yolov5x"}}, 'supported values: "yolov5s", "yolov5l"'),
+    ("malformed dataset URI", {"dataset": {"uri": "https://bucket/data"}}, "dataset.uri must be an S3 URI"),
+    ("malformed weights URI", {"model": {"arch": "yolov5s", "weights": "/local/best.pt"}}, "model.weights must be empty or an S3 URI"),
+    ("too many GPUs per node", {"training": {"gpusPerNode": 16}}, "should be less than or equal to 8"),
+    ("zero nodes", {"training": {"nodes": 0}}, "should be greater than or equal to 1"),
+    ("batch not divisible by GPUs", {"training": {"gpusPerNode": 4, "batchSize": 30}}, "must be divisible by nodes x gpusPerNode"),
+    ("image size not a multiple of 32", {"training": {"imgSize": 500}}, "multiple of 32"),
+    ("opset too low for quantized", {"export": {"opset": 11}}, "export.opset must be at least 13"),
+    ("too few epochs for QAT", {"training": {"epochs": 2}}, "at least 4 for a pruned-quantized recipe"),
+    ("no benchmark engine", {"benchmark": {"engines": []}}, "should have at least 1 items"),
+    ("unknown engine", {"benchmark": {"engines": ["tensorrt"]}}, 'supported values: "deepsparse", "onnxruntime"'),
+    ("bad bucket name", {"output": {"bucket": "My_Bucket"}}, "output.bucket must be an S3 bucket name"),
+    ("credentials two ways", {"output": {"bucket": "m", "credentialsSecret": "s", "serviceAccountName": "sa"}}, "not both"),
+    ("credentials in the spec", {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "must not be written into the spec"),
+    ("endpoint not a URL", {"output": {"bucket": "m", "endpoint": "minio:9000"}}, "output.endpoint must be an http(s) URL"),
+]
+
+
+@pytest.mark.parametrize("case,update,message", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_specs_are_refused_at_admission(cluster, crd, namespace, case, update, message):
+    body = manifest("bad")
+    for k, v in update.items():
+        body["spec"][k] = v if k in ("recipe", "env") else {**body["spec"].get(k, {}), **v}
+    res = kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+    assert res.returncode != 0, f"{case} was accepted"
+    assert message in res.stderr, res.stderr
+
+
+def test_long_names_and_spec_changes_are_refused(cluster, crd, namespace):
+    long = manifest("x" * 41)
+    res = kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(long), check=False)
+    assert "at most 40 characters" in res.stderr
+    ok = manifest("fixed", env={"STANDIN_FAIL_STAGE": "validate"})
+    kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(ok))
+    ok["spec"]["training"]["batchSize"] = 32
+    res = kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(ok), check=False)
+    assert "spec is immutable" in res.stderr
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+
+
+def test_happy_path_reaches_succeeded_with_results_and_columns(cluster, operator, custom, core, batch, namespace):
+    create(custom, namespace, manifest("happy"))
+    sj = wait_phase(custom, namespace, "happy", ("Succeeded", "Failed"))
+    st = sj["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    assert st["results"]["map50"] == 0.5123 and st["results"]["sparsity"] == 0.7412
+    assert st["results"]["size"] == "2.3MB" and st["results"]["throughput"] == {"deepsparse": 396.7, "onnxruntime": 135.8}
+    assert st["results"]["artifacts"]["onnx"] == f"s3://models/sparsify/{namespace}/happy/model.onnx"
+    assert set(st["stages"]) == {"validate", "train", "export", "benchmark", "publish"}
+    assert all(s["phase"] == "Succeeded" and s["attempts"] == 1 for s in st["stages"].values())
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == sj["metadata"]["generation"]
+
+    row = kubectl(cluster.kubeconfig, "get", "sj", "happy", "-n", namespace).stdout.splitlines()
+    assert row[0].split()[:6] == ["NAME", "MODEL", "RECIPE", "PHASE", "MAP@0.5", "SIZE"]
+    assert row[1].split()[:7] == ["happy", "yolov5s", "yolov5s-pruned-quantized", "Succeeded", "0.5123", "2.3MB", "396.7"]
+
+    pods = {p.metadata.labels["yolo-sparsify.io/stage"]: p for p in core.list_namespaced_pod(namespace).items}
+    assert pods["train"].spec.node_name.startswith("gpu-node-")
+    assert pods["benchmark"].spec.node_name.startswith("cpu-node-")
+    assert core.read_node(pods["benchmark"].spec.node_name).metadata.labels["node.kubernetes.io/instance-type"] == "c5.12xlarge"
+    assert not pods["export"].spec.node_name.startswith("gpu-node-")
+    launcher = json.loads(pods["train"].status.container_statuses[0].state.terminated.message)["launcher"]
+    assert launcher["standalone"] is True and launcher["nproc_per_node"] == "2"
+    reasons = [r for r, _ in events_of(core, namespace, "happy")]
+    assert reasons.count("JobCreated") == 5 and "Succeeded" in reasons and "StageSucceeded" in reasons
+
+
+def test_multi_node_training_uses_an_indexed_job_and_headless_service(operator, custom, core, batch, namespace):
+    create(custom, namespace, manifest("multi", training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64}))
+    wait_phase(custom, namespace, "multi", ("Exporting", "Benchmarking", "Publishing", "Succeeded", "Failed"))
+    train = batch.read_namespaced_job("multi-train", namespace)
+    assert (train.spec.completion_mode, train.spec.completions, train.spec.parallelism) == ("Indexed", 2, 2)
+    svc = core.read_namespaced_service("multi-rdzv", namespace)
+    assert svc.spec.cluster_ip == "None" and svc.metadata.owner_references[0].kind == "SparsifyJob"
+    pods = core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/stage=train").items
+    assert len(pods) == 2 and {p.spec.subdomain for p in pods} == {"multi-rdzv"}
+    for p in pods:
+        launched = json.loads(p.status.container_statuses[0].state.terminated.message)["launcher"]
+        assert launched["nnodes"] == "2" and launched["nproc_per_node"] == "4" and launched["rdzv_backend"] == "c10d"
+        assert launched["rdzv_endpoint"] == f"multi-train-0.multi-rdzv.{namespace}.svc.cluster.local:29500"
+        assert launched["rdzv_resolved"].startswith("127.")  # index 0's pod, found by name from every pod
+    assert {json.loads(p.status.container_statuses[0].state.terminated.message)["launcher"]["index"] for p in pods} == {"0", "1"}
+    assert wait_phase(custom, namespace, "multi", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+
+
+def test_failing_stage_fails_the_sparsifyjob_with_its_reason(operator, custom, core, namespace):
+    create(custom, namespace, manifest("broken", env={"STANDIN_FAIL_STAGE": "export"}))
+    st = wait_phase(custom, namespace, "broken", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Failed"
+    export = st["stages"]["export"]
+    assert (export["reason"], export["exitCode"], export["message"]) == ("BackoffLimitExceeded", 2, "stand-in failure in export")
+    assert "benchmark" not in st["stages"]
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "stage export failed" in stalled["message"]
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "BackoffLimitExceeded"
+    assert any(r == "StageFailed" for r, _ in events_of(core, namespace, "broken"))
+
+
+def test_oom_is_retried_with_half_the_batch_size(operator, custom, core, batch, namespace):
+    create(custom, namespace, manifest("oom", env={"STANDIN_OOM_ABOVE_BATCH": 16}, training={"gpusPerNode": 1, "batchSize": 64}))
+    st = wait_phase(custom, namespace, "oom", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st["stages"], indent=1)
+    train = st["stages"]["train"]
+    assert train["batchSize"] == 16 and train["attempts"] == 3 and train["job"] == "oom-train-r2"
+    assert [(r["batchSize"], r["reason"]) for r in train["retries"]] == [(64, "OOMKilled"), (32, "OOMKilled")]
+    names = sorted(j.metadata.name for j in jobs_of(batch, namespace, "oom") if j.metadata.labels["yolo-sparsify.io/stage"] == "train")
+    assert names == ["oom-train", "oom-train-r1", "oom-train-r2"]
+    retries = [m for r, m in events_of(core, namespace, "oom") if r == "OOMRetry"]
+    assert len(retries) == 2 and "batch size 32" in retries[0] + retries[1]
+
+
+def test_operator_killed_and_restarted_mid_stage_neither_duplicates_nor_stalls(operator, custom, batch, namespace):
+    create(custom, namespace, manifest("restart", env={"STANDIN_TRAIN_SECONDS": 12}))
+    wait_until(lambda: any(j.metadata.name == "restart-train" for j in jobs_of(batch, namespace, "restart")), 60, what="train Job")
+    operator.kill()
+    time.sleep(3)
+    operator.start()
+    st = wait_phase(custom, namespace, "restart", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded"
+    names = sorted(j.metadata.name for j in jobs_of(batch, namespace, "restart"))
+    assert names == sorted(f"restart-{s}" for s in ("validate", "train", "export", "benchmark", "publish"))
+
+
+def test_deleting_mid_run_leaves_nothing_behind_even_with_the_operator_down(operator, custom, core, batch, namespace):
+    create(custom, namespace, manifest("gone", env={"STANDIN_TRAIN_SECONDS": 300}))
+    wait_until(lambda: any(p.status.phase == "Running" for p in core.list_namespaced_pod(
+        namespace, label_selector="yolo-sparsify.io/stage=train").items), 60, what="training pod running")
+    operator.stop()
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+
+        def deleted():
+            try:
+                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+                return False
+            except client.ApiException as e:
+                return e.status == 404
+
+        wait_until(deleted, 10, what="SparsifyJob gone without waiting for the operator (no finalizer)")
+        wait_until(lambda: not jobs_of(batch, namespace, "gone"), 60, what="Jobs garbage-collected")
+        wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=gone").items,
+                   60, what="pods garbage-collected")
+    finally:
+        operator.start()
+
+
+def test_training_pod_killed_is_resumed_by_a_new_attempt_with_the_same_batch(operator, custom, core, namespace):
+    create(custom, namespace, manifest("crash", env={"STANDIN_TRAIN_SECONDS": 8}))
+    running = wait_until(lambda: [p for p in core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/stage=train").items
+                                  if p.status.phase == "Running"], 60, what="training pod running")
+    faults.kill_container(core, namespace, running[0].metadata.name)
+    st = wait_phase(custom, namespace, "crash", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded"
+    train = st["stages"]["train"]
+    assert train["attempts"] == 2 and train["job"] == "crash-train-r1" and train["batchSize"] == 64
+    assert train["retries"] == [{"attempt": 0, "job": "crash-train", "reason": "Killed", "batchSize": 64}]
+    assert any(r == "KilledRetry" for r, _ in events_of(core, namespace, "crash"))
+
+
+def test_operator_survives_garbage_status_and_malformed_objects(cluster, operator, custom, kube, namespace):
+    ok = create(custom, namespace, manifest("garbage", env={"STANDIN_FAIL_STAGE": "validate"}))
+    wait_phase(custom, namespace, "garbage", ("Failed",))
+    # A user (or a buggy tool) scribbles over the status: the operator repairs it.
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "garbage",
+                                                 {"status": {"phase": "Training", "stages": "garbage", "conditions": "no"}})
+    wait_until(lambda: (custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "garbage")["status"].get("stages") != "garbage"),
+               30, what="status repaired")
+    assert ok["metadata"]["name"] == "garbage"
+    # An object admission would never let through: install a permissive CRD for a moment.
+    crd_path = REPO / "manifests/base/crd.yaml"
+    permissive = yaml.safe_load(crd_path.read_text())
+    schema = permissive["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema.pop("x-kubernetes-validations")
+    schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    permissive["spec"]["versions"][0]["additionalPrinterColumns"] = []
+    try:
+        kubectl(cluster.kubeconfig, "apply", "-f", "-", input=json.dumps(permissive))
+        wait_until(lambda: kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", check=False, input=json.dumps(
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": "malformed"},
+             "spec": {"model": "yolov5s", "recipe": 7}})).returncode == 0, 20, what="malformed object accepted by the permissive CRD")
+        st = wait_phase(custom, namespace, "malformed", ("Failed",), timeout=30)["status"]
+        stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+        assert stalled["reason"] == "InvalidSpec"
+    finally:
+        kubectl(cluster.kubeconfig, "delete", "sparsifyjob", "malformed", "-n", namespace, "--ignore-not-found")
+        kubectl(cluster.kubeconfig, "apply", "-f", str(crd_path))
+    assert operator.proc.poll() is None
+    create(custom, namespace, manifest("after"))
+    assert wait_phase(custom, namespace, "after", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
