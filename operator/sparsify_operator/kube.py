@@ -77,6 +77,8 @@ class Kube:
         except ApiException as e:
             if e.status == 409:
                 return False
+            if e.status == 403 and "NamespaceTerminating" in (e.body or ""):
+                return False  # the namespace (and this SparsifyJob) is going away
             raise
 
     def patch_status(self, namespace: str, name: str, patch: dict) -> None:

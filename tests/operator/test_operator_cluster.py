@@ -235,9 +235,13 @@ def test_operator_survives_garbage_status_and_malformed_objects(cluster, operato
     wait_phase(custom, namespace, "garbage", ("Failed",))
     # A user (or a buggy tool) scribbles over the status: the operator repairs it.
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "garbage",
-                                                 {"status": {"phase": "Training", "stages": "garbage", "conditions": "no"}})
-    wait_until(lambda: (custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "garbage")["status"].get("stages") != "garbage"),
-               30, what="status repaired")
+                                                 {"status": {"phase": "Bogus", "stages": {"train": "garbage"}, "conditions": [{"x": 1}]}})
+
+    def repaired():
+        st = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "garbage")["status"]
+        return st["phase"] == "Failed" and isinstance(st["stages"].get("validate"), dict) and "train" not in st["stages"]
+
+    wait_until(repaired, 30, what="status repaired")
     assert ok["metadata"]["name"] == "garbage"
     # An object admission would never let through: install a permissive CRD for a moment.
     crd_path = REPO / "manifests/base/crd.yaml"
