@@ -176,7 +176,7 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
     if batch_size is not None:
         annotations[ANNOTATION_BATCH_SIZE] = str(batch_size)
     job_labels = dict(labels)
-    if tr.get("queueName"):
+    if gpu and tr.get("queueName"):  # the GPU gang goes through Kueue; CPU stages start at once
         job_labels[KUEUE_QUEUE_LABEL] = tr["queueName"]
         job_spec["suspend"] = True  # Kueue admits (unsuspends) it when the whole gang fits
     return {

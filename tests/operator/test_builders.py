@@ -104,3 +104,9 @@ def test_stage_env_carries_the_contract():
     assert env["SPARSIFY_STAGE"] == "export" and env["SPARSIFY_RECIPE"] == "yolov5s-pruned-quantized"
     assert env["SPARSIFY_OUTPUT_URI"] == "s3://models/sparsify/ml/demo"
     assert json.loads(env["SPARSIFY_SPEC"])["export"]["opset"] == 13  # defaults filled in
+
+
+def test_only_the_gpu_stage_is_queued():
+    sj = sparsifyjob(training={"queueName": "gpu-queue"})
+    assert "suspend" not in build("validate", sj=sj)["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in build("export", sj=sj)["metadata"]["labels"]

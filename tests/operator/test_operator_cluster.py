@@ -264,3 +264,18 @@ def test_operator_survives_garbage_status_and_malformed_objects(cluster, operato
     assert operator.proc.poll() is None
     create(custom, namespace, manifest("after"))
     assert wait_phase(custom, namespace, "after", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+
+
+def test_queue_name_creates_a_suspended_job_for_kueue(operator, custom, batch, namespace):
+    create(custom, namespace, manifest("queued", training={"queueName": "a100-queue"}))
+    job = wait_until(lambda: next((j for j in jobs_of(batch, namespace, "queued") if j.metadata.name == "queued-train"), None),
+                     60, what="train Job")
+    assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "a100-queue"
+
+    def suspended():
+        st = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "queued").get("status") or {}
+        return st.get("phase") == "Training" and st.get("stages", {}).get("train", {}).get("phase") == "Suspended"
+
+    wait_until(suspended, 30, what="train stage reported as Suspended (waiting for Kueue admission)")
+    batch.patch_namespaced_job("queued-train", namespace, {"spec": {"suspend": False}})  # what Kueue does on admission
+    assert wait_phase(custom, namespace, "queued", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
