@@ -1,0 +1,44 @@
+"""Worker fixtures: a tiny generated dataset and one short prune+QAT run shared by tests
+(real torch, sparseml, onnx, deepsparse; CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+IMG = 128
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    from sparsify_worker.data import generate
+
+    return generate(tmp_path_factory.mktemp("dataset"), train=32, val=8, size=IMG, seed=1)
+
+
+def recipe(name: str) -> str:
+    from sparsify_worker.recipes import preset_path
+
+    return preset_path(name).read_text()
+
+
+def weighted_target(text: str, arch: str = "yolov5s") -> float:
+    """The sparsity a pruning recipe asks for over the prunable weights, weighted by size."""
+    from sparsify_worker.model import build_model
+    from sparsify_worker.recipes import parse_recipe_yaml, variables
+
+    sizes = {n: p.numel() for n, p in build_model(arch, 3).named_parameters()}
+    v = variables(text)
+    total = pruned = 0.0
+    for mod in parse_recipe_yaml(text)["pruning_modifiers"]:
+        group = mod["final_sparsity"].removeprefix("eval(").removesuffix(")")
+        for p in mod["params"]:
+            total += sizes[p]
+            pruned += sizes[p] * float(v[group])
+    n_prunable = sum(c for n, c in sizes.items() if n.endswith("weight") and len(n.split(".")) > 2 and not n.startswith("model.0.")
+                     and n in {p for m in parse_recipe_yaml(text)["pruning_modifiers"] for p in m["params"]})
+    assert n_prunable == total
+    return pruned / total

@@ -1,0 +1,68 @@
+"""best.pt -> ONNX that DeepSparse runs: QAT converted to INT8, checked against PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+from . import shims, yolo_env
+from .onnx_stats import sizes, weight_sparsity
+from .train import is_quantized, load_checkpoint, restore_model
+
+log = logging.getLogger("sparsify_worker.export")
+MIN_QAT_OPSET = 13  # sparseml refuses convert_qat below 13
+# How close ONNX Runtime must be to PyTorch on the same input (raw Detect outputs: boxes in
+# pixels, objectness/class probabilities). INT8 conversion replaces fake-quant arithmetic by
+# integer kernels, so it gets a looser bound on the probabilities.
+TOLERANCE = {"fp32": 1e-3, "int8": 0.08}
+
+
+def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13, dynamic_batch: bool = True,
+           check_batch: int = 2) -> dict:
+    yolo_env.prepare()
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from sparseml.pytorch.utils import ModuleExporter
+
+    shims.apply()
+    ckpt = load_checkpoint(checkpoint)
+    model, _ = restore_model(ckpt)
+    quantized = is_quantized(model)
+    if quantized and opset < MIN_QAT_OPSET:
+        raise ValueError(f"opset {opset} cannot express the quantized model; use opset >= {MIN_QAT_OPSET}")
+    model.eval()
+    detect = model.model[-1]
+    detect.export = True  # Detect returns the single concatenated prediction tensor
+    torch.manual_seed(0)
+    sample = torch.rand(check_batch, 3, img_size, img_size)
+    with torch.no_grad():
+        expected = model(sample)
+        expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {} if dynamic_batch else {"dynamic_axes": {}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ModuleExporter(model, str(out_dir)).export_onnx(sample[:1], name="model.onnx", opset=opset, convert_qat=quantized, **kwargs)
+    path = out_dir / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    feed = sample.numpy() if dynamic_batch else sample[:1].numpy()
+    got = session.run(None, {inp.name: feed.astype(np.uint8 if "uint8" in inp.type else np.float32)})[0]
+    want = expected if dynamic_batch else expected[:1]
+    prob_diff = float(np.abs(got[..., 4:] - want[..., 4:]).mean())
+    box_diff = float(np.abs(got[..., :4] - want[..., :4]).mean() / img_size)
+    kind = "int8" if quantized else "fp32"
+    if max(prob_diff, box_diff) > TOLERANCE[kind]:
+        raise ValueError(f"ONNX output differs from PyTorch beyond tolerance ({kind}): probabilities {prob_diff:.4f}, "
+                         f"boxes {box_diff:.4f} (limit {TOLERANCE[kind]})")
+    raw, gz = sizes(path)
+    onnx_sparsity, quantized_convs = weight_sparsity(path)
+    return {
+        "onnxPath": str(path), "opset": opset, "quantized": quantized, "quantizedConvs": quantized_convs,
+        "sizeBytes": raw, "sizeGzipBytes": gz, "sparsity": round(onnx_sparsity, 4),
+        "checkpointSparsity": round(float(ckpt.get("sparsity", 0.0)), 4), "dynamicBatch": dynamic_batch,
+        "maxDiff": {"probabilities": round(prob_diff, 5), "boxes": round(box_diff, 5), "tolerance": TOLERANCE[kind]},
+        "map50": ckpt.get("best_map50"), "imgSize": img_size,
+    }

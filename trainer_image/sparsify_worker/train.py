@@ -1,0 +1,291 @@
+"""YOLOv5 training with a SparseML recipe: DDP through torchrun, EMA kept sparse, AMP off
+once QAT starts, a checkpoint every epoch (resumable with masks and QAT structure)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import shims, yolo_env
+from .data import load_data_yaml
+from .model import build_model, hyperparameters, sparsity
+
+log = logging.getLogger("sparsify_worker.train")
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    data_dir: Path
+    recipe: str
+    out_dir: Path
+    recipe_variables: dict = field(default_factory=dict)
+    activation: str = "Hardswish"
+    batch_size: int = 16  # total over all ranks
+    img_size: int = 640
+    workers: int = 2
+    weights: Path | None = None  # starting weights (a checkpoint of this worker)
+    resume_from: Path | None = None  # last.pt to resume from
+    amp: bool = True
+    seed: int = 0
+    # called on rank 0 after each epoch with (epoch, last.pt, best.pt or None): uploads to S3
+    on_checkpoint: Callable[[int, Path, Path | None], None] | None = None
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed():
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return info, device
+
+
+def final_structure_epoch(manager) -> float:
+    """When the recipe stops changing the model's structure: pruning ends, QAT starts."""
+    ends = [float(m.end_epoch) for m in manager.pruning_modifiers if float(m.end_epoch) > 0]
+    starts = [float(m.start_epoch) for m in manager.quantization_modifiers]
+    return max(ends + starts + [0.0])
+
+
+def is_quantized(model) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.ao.quantization.FakeQuantizeBase) for m in model.modules())
+
+
+def mask_like(ema_model, model) -> None:
+    """Pruned weights stay zero in the EMA too (an average of zeros and old values is not)."""
+    import torch
+
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, p in ema_model.named_parameters():
+            src = params.get(name)
+            if src is not None and p.dim() == 4 and src.shape == p.shape:
+                p.mul_(src.ne(0).to(p.dtype))
+
+
+def weights_digest(model) -> str:
+    """sha256 of every parameter: equal on all DDP ranks when they stayed in sync."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _optimizer(model, hyp: dict):
+    import torch
+
+    decay, no_decay, bias = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name == "bias":
+                bias.append(p)
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    opt = torch.optim.SGD(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
+    opt.add_param_group({"params": decay, "weight_decay": hyp["weight_decay"]})
+    opt.add_param_group({"params": bias})
+    return opt
+
+
+def _evaluate(model, data: dict, loader, img_size: int, batch: int, save_dir: Path) -> float:
+    import yolov5.val as val
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = val.run(data=data, batch_size=batch, imgsz=img_size, model=model, dataloader=loader,
+                      half=False, plots=False, save_dir=save_dir, verbose=False)
+    return float(out[0][2])  # out[0] = (P, R, mAP@0.5, mAP@0.5:0.95, losses...)
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "sparsify-worker" or "model" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by sparsify-worker")
+    return ckpt
+
+
+def restore_model(ckpt: dict, epoch: float | None = None):
+    """Model + its recipe manager with the checkpoint's structure (masks, QAT) re-applied
+    before the weights are loaded (a QAT model's state dict only fits a QAT model)."""
+    from sparseml.pytorch.optim import ScheduledModifierManager
+
+    shims.apply()
+    model = build_model(ckpt["arch"], ckpt["nc"], ckpt.get("activation", "Hardswish"))
+    manager = ScheduledModifierManager.from_yaml(ckpt["recipe"], recipe_variables=ckpt.get("recipe_variables") or None)
+    manager.apply_structure(model, epoch=ckpt["epoch"] + 1 if epoch is None else epoch)
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
+    return model, manager
+
+
+def train(cfg: TrainConfig) -> dict:
+    yolo_env.prepare()
+    import torch
+    import torch.distributed as dist
+    from sparseml.pytorch.optim import ScheduledModifierManager
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from yolov5.utils.dataloaders import create_dataloader
+    from yolov5.utils.loss import ComputeLoss
+    from yolov5.utils.torch_utils import ModelEMA
+
+    shims.apply()
+    dist_info, device = init_distributed()
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    data = load_data_yaml(cfg.data_dir)
+    hyp = hyperparameters()
+    if cfg.batch_size % dist_info.world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {dist_info.world} processes")
+    per_rank = cfg.batch_size // dist_info.world
+
+    model = build_model(cfg.arch, data["nc"], cfg.activation)
+    manager = ScheduledModifierManager.from_yaml(cfg.recipe, recipe_variables=cfg.recipe_variables or None)
+    epochs = int(math.ceil(manager.max_epochs))
+    final_structure = final_structure_epoch(manager)
+    start_epoch, best_map50, ema_state, ema_updates, opt_state = 0, -1.0, None, 0, None
+    if cfg.resume_from:
+        ckpt = load_checkpoint(cfg.resume_from)
+        manager.apply_structure(model, epoch=ckpt["epoch"] + 1)
+        model.load_state_dict(ckpt["model"])
+        start_epoch, best_map50 = ckpt["epoch"] + 1, ckpt.get("best_map50", -1.0)
+        ema_state, ema_updates, opt_state = ckpt.get("ema"), ckpt.get("ema_updates", 0), ckpt.get("optimizer")
+        log.info("resuming at epoch %d from %s (sparsity %.3f)", start_epoch, cfg.resume_from, sparsity(model))
+    elif cfg.weights:
+        ckpt = load_checkpoint(cfg.weights)
+        state = ckpt.get("ema") or ckpt["model"]
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("model.24.")} if ckpt["nc"] != data["nc"] else state,
+                              strict=ckpt["nc"] == data["nc"])
+    model.nc, model.names, model.hyp = data["nc"], data["names"], hyp
+    model.to(device)
+
+    stride = int(max(model.stride.max(), 32))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        train_loader, dataset = create_dataloader(data["train"], cfg.img_size, per_rank, stride, hyp=hyp, augment=True,
+                                                  rank=dist_info.rank if dist_info.world > 1 else -1,
+                                                  workers=cfg.workers, shuffle=True, seed=cfg.seed)
+        val_loader = create_dataloader(data["val"], cfg.img_size, per_rank * 2, stride, hyp=hyp, rect=True, rank=-1,
+                                       workers=cfg.workers, pad=0.5)[0] if dist_info.main else None
+    if int(dataset.labels[0][:, 0].max() if len(dataset.labels) else 0) >= data["nc"]:
+        raise ValueError("labels use class ids beyond data.yaml's nc")
+    steps = len(train_loader)
+    optimizer = _optimizer(model, hyp)
+    if opt_state:
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError) as e:  # e.g. QAT changed the parameter list
+            log.warning("optimizer state not restored (%s); continuing with a fresh one", e)
+    optimizer = manager.modify(model, optimizer, steps_per_epoch=steps, epoch=float(start_epoch))
+
+    compute_loss = ComputeLoss(model)
+    ema = ModelEMA(model) if dist_info.main else None
+    if ema and ema_state:
+        with contextlib.suppress(RuntimeError):
+            ema.ema.load_state_dict(ema_state)
+            ema.updates = ema_updates
+    use_cuda_amp = cfg.amp and device.type == "cuda"
+    qat = is_quantized(model)
+    scaler = torch.cuda.amp.GradScaler(enabled=use_cuda_amp and not qat)
+    ddp = DDP(model) if dist_info.world > 1 else model
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    map50 = best_map50
+    history = []
+    for epoch in range(start_epoch, epochs):
+        t0 = time.monotonic()
+        ddp.train()
+        losses = []
+        for imgs, targets, _, _ in train_loader:
+            imgs = imgs.to(device, non_blocking=True).float() / 255
+            with torch.autocast(device_type=device.type, enabled=use_cuda_amp and not qat):
+                pred = ddp(imgs)
+                loss, _ = compute_loss(pred, targets.to(device))
+            if dist_info.world > 1:
+                loss = loss * dist_info.world  # DDP averages gradients over ranks
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if not qat and is_quantized(model):  # the manager just started QAT (inside step())
+                qat = True
+                scaler = torch.cuda.amp.GradScaler(enabled=False)  # fake-quant observers need fp32
+                if dist_info.world > 1:
+                    ddp = DDP(model)  # QAT swapped modules: DDP must see the new parameters
+                if ema:
+                    ema = ModelEMA(model)  # the EMA needs the same (quantized) structure
+                log.info("QAT started at epoch %d: AMP off, EMA restarted", epoch)
+            if ema:
+                ema.update(model)
+                mask_like(ema.ema, model)
+            losses.append(float(loss.detach()))
+        if dist_info.main:
+            map50 = _evaluate(ema.ema, data, val_loader, cfg.img_size, per_rank * 2, out)
+            # best.pt only from epochs with the final structure (pruned, quantized): an early dense
+            # epoch with a lucky mAP is not what the recipe asked for
+            eligible = epoch + 1 >= final_structure
+            improved = eligible and (map50 > best_map50 or not (out / "best.pt").exists())
+            if eligible:
+                best_map50 = max(best_map50, map50)
+            ckpt = {
+                "format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": epoch, "arch": cfg.arch,
+                "activation": cfg.activation, "nc": data["nc"], "names": data["names"], "recipe": cfg.recipe,
+                "recipe_variables": cfg.recipe_variables, "model": model.state_dict(), "ema": ema.ema.state_dict(),
+                "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "map50": map50, "best_map50": best_map50,
+                "batch_size": cfg.batch_size, "img_size": cfg.img_size, "quantized": qat, "sparsity": sparsity(model),
+            }
+            last = out / "last.pt"
+            torch.save(ckpt, out / ".last.pt.tmp")
+            os.replace(out / ".last.pt.tmp", last)
+            best = None
+            if improved:
+                best = out / "best.pt"
+                torch.save(ckpt, out / ".best.pt.tmp")
+                os.replace(out / ".best.pt.tmp", best)
+            entry = {"epoch": epoch, "loss": round(sum(losses) / max(1, len(losses)), 4), "map50": round(map50, 4),
+                     "sparsity": round(sparsity(model), 4), "qat": qat, "seconds": round(time.monotonic() - t0, 1)}
+            history.append(entry)
+            log.info("epoch %d/%d %s", epoch + 1, epochs, entry)
+            print(f"epoch {epoch + 1}/{epochs} {entry}", flush=True)
+            if cfg.on_checkpoint:
+                cfg.on_checkpoint(epoch, last, best)
+        if dist_info.world > 1:
+            dist.barrier()
+    manager.finalize(model)
+    final_sparsity = sparsity(model)
+    digest = weights_digest(model)
+    if dist_info.world > 1:
+        dist.destroy_process_group()
+    return {"epochs": epochs, "startEpoch": start_epoch, "bestMap50": round(max(best_map50, 0.0), 4),
+            "lastMap50": round(max(map50, 0.0), 4), "sparsity": round(final_sparsity, 4), "quantized": qat,
+            "batchSize": cfg.batch_size, "world": dist_info.world, "rank": dist_info.rank, "weightsDigest": digest,
+            "history": history}
