@@ -63,11 +63,15 @@ def client(endpoint: str | None = None, region: str | None = None):
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
     """Our own retry on top of botocore's: transfers are long operations whose failure
     (a dropped connection half-way, a 5xx) is worth retrying whole."""
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     for attempt in range(1, attempts + 1):
         try:
             return fn()
+        except (S3UploadFailedError, S3TransferFailedError) as e:  # boto3 wraps the ClientError in text
+            if attempt == attempts or not any(code in str(e) for code in RETRYABLE_CODES):
+                raise S3Error(f"{what} failed: {e}") from e
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))

@@ -1,0 +1,100 @@
+"""Every stage through `sparsify-worker <stage>` with the operator's environment contract,
+against the local S3 server: what the pods run, without Kubernetes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.worker
+WORKER = [sys.executable, "-m", "sparsify_worker.cli"]
+SPEC = {
+    "model": {"arch": "yolov5s", "activation": "Hardswish", "weights": ""},
+    "recipe": {"preset": "pruned-quantized"},
+    "dataset": {"uri": "s3://artifacts/datasets/shapes/"},
+    "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 16, "epochs": 4, "imgSize": 128},
+    "export": {"imgSize": 128, "opset": 13, "dynamicBatch": True},
+    "benchmark": {"batchSize": 4, "imgSize": 128, "scenario": "sync", "durationSeconds": 2, "engines": ["deepsparse", "onnxruntime"]},
+    "output": {"bucket": "artifacts", "prefix": "runs", "region": "us-east-1"},
+}
+
+
+def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path) -> tuple[int, dict, str]:
+    term = tmp / f"{stage}.termination"
+    env = {**os.environ, "SPARSIFY_SPEC": json.dumps(spec), "SPARSIFY_INPUTS": json.dumps(inputs), "SPARSIFY_STAGE": stage,
+           "SPARSIFY_NAMESPACE": "ml", "SPARSIFY_NAME": "cli", "SPARSIFY_OUTPUT_URI": "s3://artifacts/runs/ml/cli",
+           "SPARSIFY_BATCH_SIZE": str(spec["training"]["batchSize"]), "AWS_ENDPOINT_URL_S3": endpoint,
+           "TERMINATION_MESSAGE_PATH": str(term), "SPARSIFY_WORKDIR": str(tmp / "work")}
+    proc = subprocess.run([*WORKER, stage], env=env, capture_output=True, text=True, timeout=900)
+    summary = json.loads(term.read_text()) if term.exists() else {}
+    return proc.returncode, summary, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def uploaded_dataset(s3_endpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "shapes"
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": s3_endpoint}
+    subprocess.run([*WORKER, "make-dataset", str(out), "--train", "32", "--val", "8", "--size", "128",
+                    "--upload", "s3://artifacts/datasets/shapes"], env=env, check=True, capture_output=True, timeout=300)
+    return "s3://artifacts/datasets/shapes/"
+
+
+@pytest.fixture(scope="module")
+def pipeline(s3_endpoint, uploaded_dataset, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("stages")
+    inputs: dict = {}
+    for stage in ("validate", "train", "export", "benchmark", "publish"):
+        code, summary, log = run_stage(stage, SPEC, inputs, s3_endpoint, tmp)
+        assert code == 0, f"{stage} failed: {summary}\n{log}"
+        assert summary["stage"] == stage and "error" not in summary
+        inputs[stage] = summary
+    return inputs
+
+
+def test_all_stages_publish_a_result_that_matches_its_artifacts(s3_endpoint, pipeline, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from sparsify_worker.onnx_stats import weight_sparsity
+    from sparsify_worker.s3 import Store, client
+
+    inputs = pipeline
+    assert inputs["train"]["epochs"] == 4 and inputs["train"]["quantized"] is True
+    assert inputs["export"]["quantized"] and inputs["export"]["onnx"] == "s3://artifacts/runs/ml/cli/model.onnx"
+    ds = inputs["benchmark"]["engines"]["deepsparse"]
+    assert ds["imagesPerSecond"] > 0 and ds["nativeFraction"] > 0
+    assert inputs["benchmark"]["engines"]["onnxruntime"]["imagesPerSecond"] > 0
+    assert len(json.dumps(inputs["train"])) < 4096  # fits a termination message
+
+    store = Store(client(s3_endpoint))
+    results = json.loads(store.s3.get_object(Bucket="artifacts", Key="runs/ml/cli/results.json")["Body"].read())
+    onnx = store.download(results["artifacts"]["onnx"], tmp_path / "published.onnx")
+    sparsity, quantized = weight_sparsity(onnx)
+    assert sparsity == pytest.approx(results["sparsity"], abs=1e-4) and quantized > 50
+    out = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"input": np.zeros((2, 3, 128, 128), np.float32)})
+    assert out[0].shape[0] == 2  # dynamic batch
+    report = store.s3.get_object(Bucket="artifacts", Key="runs/ml/cli/report.md")["Body"].read().decode()
+    assert "yolov5s-pruned-quantized" in report and "DeepSparse img/s" in report
+    assert store.exists("s3://artifacts/runs/ml/cli/checkpoints/last.pt")
+
+
+def test_validate_refuses_the_wrong_models_recipe_before_any_gpu_is_held(s3_endpoint, uploaded_dataset, tmp_path):
+    spec = json.loads(json.dumps(SPEC))
+    spec["recipe"] = {"preset": "yolov5l-pruned"}
+    code, summary, _ = run_stage("validate", spec, {}, s3_endpoint, tmp_path)
+    assert code == 1
+    assert "written for yolov5l but the model is yolov5s" in summary["error"]
+
+
+def test_training_resumes_from_the_checkpoint_in_s3(s3_endpoint, pipeline, tmp_path):
+    """A retried training pod (new process, empty disk) continues from last.pt in S3."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["training"]["epochs"] = 5  # the run above stopped at 4 epochs of the same recipe
+    code, summary, log = run_stage("train", spec, {}, s3_endpoint, tmp_path)
+    assert code == 0, log
+    assert summary["resumed"] is True and summary["startEpoch"] == 4 and summary["epochs"] == 5
