@@ -30,11 +30,15 @@ cluster: binaries
 cluster-down: venv
 	@$(PY) -m localcluster down --state .localcluster
 
+# Three pytest sessions, each with its own local cluster: the suites that run an operator
+# (stand-in commands, the Helm-installed pod, the real worker) must not share one.
 test: binaries
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra tests/harness tests/operator tests/worker $(PYTEST_ARGS)
+	$(PY) -m pytest -ra tests/install $(PYTEST_ARGS)
+	$(PY) -m pytest -ra tests/e2e $(PYTEST_ARGS)
 
 demo: binaries
-	$(PY) -m localcluster.smoke
+	$(PY) demo/demo.py $(DEMO_ARGS)
 
 clean: cluster-down
 	rm -rf $(VENV)

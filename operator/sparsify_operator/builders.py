@@ -38,6 +38,11 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     shm_size: str = "16Gi"
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Platform defaults for what a SparsifyJob leaves empty (Helm values `defaults.*`).
+    gpu_node_selector: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    gpu_tolerations: tuple[dict, ...] = (GPU_TOLERATION,)
+    s3_endpoint: str = ""
+    queue_name: str = ""
 
 
 def job_name(sj_name: str, stage: str, attempt: int = 0) -> str:
@@ -77,8 +82,9 @@ def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | 
     ]
     if batch_size is not None:
         env.append({"name": "SPARSIFY_BATCH_SIZE", "value": str(batch_size)})
-    if spec["output"].get("endpoint"):
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": spec["output"]["endpoint"]})
+    endpoint = spec["output"].get("endpoint") or config.s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": endpoint})
     env += [{"name": k, "value": v} for k, v in config.extra_env]
     env += [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
     return env
@@ -153,9 +159,10 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if gpu:
-        pod_spec["tolerations"] = [GPU_TOLERATION, *(tr.get("tolerations") or [])]
-        if tr.get("nodeSelector"):
-            pod_spec["nodeSelector"] = dict(tr["nodeSelector"])
+        pod_spec["tolerations"] = [*config.gpu_tolerations, *(tr.get("tolerations") or [])]
+        selector = tr.get("nodeSelector") or dict(config.gpu_node_selector)
+        if selector:
+            pod_spec["nodeSelector"] = dict(selector)
         if tr.get("activeDeadlineSeconds"):
             job_spec["activeDeadlineSeconds"] = int(tr["activeDeadlineSeconds"])
         # OOM fails the attempt at once: the operator resumes it with half the batch size.
@@ -176,8 +183,9 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
     if batch_size is not None:
         annotations[ANNOTATION_BATCH_SIZE] = str(batch_size)
     job_labels = dict(labels)
-    if gpu and tr.get("queueName"):  # the GPU gang goes through Kueue; CPU stages start at once
-        job_labels[KUEUE_QUEUE_LABEL] = tr["queueName"]
+    queue = tr.get("queueName") or config.queue_name
+    if gpu and queue:  # the GPU gang goes through Kueue; CPU stages start at once
+        job_labels[KUEUE_QUEUE_LABEL] = queue
         job_spec["suspend"] = True  # Kueue admits (unsuspends) it when the whole gang fits
     return {
         "apiVersion": "batch/v1",

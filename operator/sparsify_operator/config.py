@@ -29,6 +29,10 @@ def from_env() -> OperatorConfig:
         image_pull_policy=os.environ.get("SPARSIFY_IMAGE_PULL_POLICY", d.image_pull_policy),
         shm_size=os.environ.get("SPARSIFY_SHM_SIZE", d.shm_size),
         extra_env=tuple(sorted((str(k), str(v)) for k, v in extra.items())),
+        gpu_node_selector=tuple(sorted(json.loads(os.environ.get("SPARSIFY_DEFAULT_GPU_NODE_SELECTOR") or "{}").items())),
+        gpu_tolerations=tuple(json.loads(os.environ["SPARSIFY_DEFAULT_GPU_TOLERATIONS"])) if os.environ.get("SPARSIFY_DEFAULT_GPU_TOLERATIONS") else d.gpu_tolerations,
+        s3_endpoint=os.environ.get("SPARSIFY_DEFAULT_S3_ENDPOINT", ""),
+        queue_name=os.environ.get("SPARSIFY_DEFAULT_QUEUE_NAME", ""),
     )
 
 
@@ -38,3 +42,7 @@ def watched_namespaces() -> list[str]:
 
 def resync_seconds() -> float:
     return float(os.environ.get("SPARSIFY_RESYNC_SECONDS", "60"))
+
+
+def metrics_port() -> int:
+    return int(os.environ.get("SPARSIFY_METRICS_PORT", "9090"))

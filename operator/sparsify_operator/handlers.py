@@ -12,7 +12,7 @@ from collections import defaultdict
 import kopf
 from kubernetes import client, config as kube_config
 
-from . import config
+from . import config, metrics
 from .api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .kube import Kube
 from .observe import observe
@@ -45,15 +45,39 @@ def reconcile(namespace: str, name: str) -> None:
         jobs, pods = kube.children(sj)
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         p = plan(sj, observe(jobs, pods), _state["config"], now)
+        created = set()
         for manifest in p.create:
             if kube.create(manifest) and manifest["kind"] == "Job":
+                created.add(manifest["metadata"]["name"])
+                stage = manifest["metadata"]["labels"].get("yolo-sparsify.io/stage", "")
+                metrics.JOBS_CREATED.labels(stage).inc()
                 log.info("%s/%s: created Job %s", namespace, name, manifest["metadata"]["name"])
                 kube.post_event(sj, "Normal", "JobCreated", f"created Job {manifest['metadata']['name']}")
         patch = merge_patch(sj.get("status"), p.status)
         if patch:
             kube.patch_status(namespace, name, patch)  # the one status write of this reconcile
         for kind, reason, message in p.events:
+            if reason in ("OOMRetry", "KilledRetry") and not created:
+                continue  # the retry Job already existed: this was said before
+            if reason in ("OOMRetry", "KilledRetry"):
+                metrics.RETRIES.labels(reason).inc()
             kube.post_event(sj, kind, reason, message)
+        metrics.observe_phase(namespace, name, p.status.get("phase"))
+        for stage, st in (p.status.get("stages") or {}).items():
+            old_phase = ((sj.get("status") or {}).get("stages") or {}).get(stage, {})
+            old_phase = old_phase.get("phase") if isinstance(old_phase, dict) else None
+            if st.get("phase") in ("Succeeded", "Failed") and old_phase != st["phase"]:
+                seconds = _seconds_between(st.get("startTime"), st.get("completionTime"))
+                if seconds is not None:
+                    metrics.STAGE_SECONDS.labels(stage, st["phase"]).observe(seconds)
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    try:
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        return (dt.datetime.strptime(end, fmt) - dt.datetime.strptime(start, fmt)).total_seconds()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def safe_reconcile(namespace: str | None, name: str | None, logger: logging.Logger = log) -> None:
@@ -63,7 +87,9 @@ def safe_reconcile(namespace: str | None, name: str | None, logger: logging.Logg
         return
     try:
         reconcile(namespace, name)
+        metrics.RECONCILES.labels("ok").inc()
     except Exception as e:  # noqa: BLE001
+        metrics.RECONCILES.labels("error").inc()
         logger.exception("reconcile of %s/%s failed: %s", namespace, name, e)
 
 
@@ -74,6 +100,7 @@ def startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     _kube()
+    metrics.serve(config.metrics_port())
     threading.Thread(target=_resync_loop, name="resync", daemon=True).start()
 
 
@@ -92,7 +119,9 @@ def _resync_loop() -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_sparsifyjob(event: dict, namespace: str, name: str, logger: logging.Logger, **_) -> None:
-    if event.get("type") != "DELETED":
+    if event.get("type") == "DELETED":
+        metrics.observe_phase(namespace, name, None)
+    else:
         safe_reconcile(namespace, name, logger)
 
 

@@ -66,12 +66,13 @@ class OperatorProcess:
         self.kubeconfig, self.log = kubeconfig, log
         self.proc: subprocess.Popen | None = None
         self.port = free_port()
+        self.metrics_port = free_port()
 
     def start(self) -> "OperatorProcess":
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
                "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
                "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-               "SPARSIFY_RESYNC_SECONDS": "5"}
+               "SPARSIFY_RESYNC_SECONDS": "5", "SPARSIFY_METRICS_PORT": str(self.metrics_port)}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)

@@ -110,3 +110,16 @@ def test_only_the_gpu_stage_is_queued():
     sj = sparsifyjob(training={"queueName": "gpu-queue"})
     assert "suspend" not in build("validate", sj=sj)["spec"]
     assert "kueue.x-k8s.io/queue-name" not in build("export", sj=sj)["metadata"]["labels"]
+
+
+def test_platform_defaults_fill_what_the_spec_leaves_empty():
+    cfg = OperatorConfig(gpu_node_selector=(("node.kubernetes.io/instance-type", "p4d.24xlarge"),), s3_endpoint="http://minio:9000",
+                         queue_name="team-a")
+    sj = sparsifyjob()
+    spec = normalized(sj["spec"])
+    train = construct_job(sj, spec, "train", 0, cfg, 64, {})
+    assert train["spec"]["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4d.24xlarge"}
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and train["spec"]["suspend"] is True
+    assert env_of(train)["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
+    own = sparsifyjob(training={"nodeSelector": {"pool": "mine"}})
+    assert construct_job(own, normalized(own["spec"]), "train", 0, cfg, 64, {})["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "mine"}

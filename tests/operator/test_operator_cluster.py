@@ -135,6 +135,12 @@ def test_happy_path_reaches_succeeded_with_results_and_columns(cluster, operator
     assert launcher["standalone"] is True and launcher["nproc_per_node"] == "2"
     reasons = [r for r, _ in events_of(core, namespace, "happy")]
     assert reasons.count("JobCreated") == 5 and "Succeeded" in reasons and "StageSucceeded" in reasons
+    import urllib.request
+
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    assert f'sparsify_jobs{{namespace="{namespace}",phase="Succeeded"}} 1.0' in scrape
+    assert 'sparsify_stage_jobs_created_total{stage="publish"}' in scrape
+    assert 'sparsify_stage_duration_seconds_count{result="Succeeded",stage="train"}' in scrape
 
 
 def test_multi_node_training_uses_an_indexed_job_and_headless_service(operator, custom, core, batch, namespace):

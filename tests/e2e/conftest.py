@@ -1,0 +1,86 @@
+"""End to end: the operator installed with its Helm chart, the real worker in every stage pod
+(training with a real recipe, ONNX export, DeepSparse and ONNX Runtime), S3 on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localcluster import s3 as local_s3
+from localcluster.controlplane import free_port
+from localcluster.testing import create_namespace, helm, kubectl, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "sparsify-operator"
+GROUP, VERSION, PLURAL = "yolo-sparsify.io", "v1alpha1", "sparsifyjobs"
+
+
+@pytest.fixture(scope="session")
+def e2e_namespace(cluster, core):
+    return create_namespace(core, "e2e")
+
+
+@pytest.fixture(scope="session")
+def installed_operator(cluster, core, e2e_namespace):
+    """The chart as a user installs it, with the local S3 as the platform's default endpoint."""
+    res = helm(cluster.kubeconfig, "install", "sparsify", str(CHART), "-n", "sparsify-system", "--create-namespace",
+               "--set", f"watchNamespaces={{{e2e_namespace}}}", "--set", f"healthPort={free_port()}",
+               "--set", f"metrics.port={free_port()}", "--set", f"defaults.s3.endpoint={cluster.s3_endpoint}",
+               "--set", "resyncSeconds=10", "--wait", "--timeout", "180s", check=False)
+    assert res.returncode == 0, res.stderr
+    yield
+    helm(cluster.kubeconfig, "uninstall", "sparsify", "-n", "sparsify-system", "--wait", check=False)
+
+
+@pytest.fixture(scope="session")
+def dataset_uri(cluster, e2e_namespace, tmp_path_factory):
+    """A generated YOLO dataset uploaded to the local S3, and the credentials Secret."""
+    local_s3.create_bucket(cluster.s3_endpoint, "datasets")
+    local_s3.create_bucket(cluster.s3_endpoint, "models")
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": cluster.s3_endpoint, "AWS_ACCESS_KEY_ID": local_s3.LOCAL_ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": local_s3.LOCAL_SECRET_KEY}
+    subprocess.run([sys.executable, "-m", "sparsify_worker.cli", "make-dataset", str(tmp_path_factory.mktemp("ds") / "shapes"),
+                    "--train", "96", "--val", "16", "--size", "160", "--upload", "s3://datasets/shapes"],
+                   env=env, check=True, capture_output=True, timeout=300)
+    kubectl(cluster.kubeconfig, "create", "secret", "generic", "s3-credentials", "-n", e2e_namespace,
+            f"--from-literal=AWS_ACCESS_KEY_ID={local_s3.LOCAL_ACCESS_KEY}",
+            f"--from-literal=AWS_SECRET_ACCESS_KEY={local_s3.LOCAL_SECRET_KEY}")
+    return "s3://datasets/shapes/"
+
+
+def sparsifyjob(name: str, dataset: str, epochs: int = 5, batch: int = 16, **spec_updates) -> dict:
+    spec = {
+        "model": {"arch": "yolov5s", "activation": "Hardswish"},
+        "recipe": {"preset": "pruned-quantized"},
+        "dataset": {"uri": dataset},
+        "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": batch, "epochs": epochs, "imgSize": 160, "maxOOMRetries": 2},
+        "export": {"imgSize": 160, "opset": 13},
+        "benchmark": {"batchSize": 4, "imgSize": 160, "durationSeconds": 3},
+        "output": {"bucket": "models", "prefix": "e2e", "credentialsSecret": "s3-credentials"},
+    }
+    for k, v in spec_updates.items():
+        spec[k] = {**spec.get(k, {}), **v}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": name}, "spec": spec}
+
+
+def get_status(custom, namespace: str, name: str) -> dict:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+
+
+def wait_finished(custom, namespace: str, name: str, timeout: float = 900) -> dict:
+    return wait_until(lambda: (lambda st: st if st.get("phase") in ("Succeeded", "Failed") else None)(get_status(custom, namespace, name)),
+                      timeout, interval=2, what=f"{name} to finish")
+
+
+def pod_log(cluster, namespace: str, pod: str) -> str:
+    logs = sorted(Path(cluster.state_dir, "pods").glob(f"{namespace}_{pod}_*/*/container.log"))
+    return "".join(p.read_text(errors="replace") for p in logs)
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)[:6000]

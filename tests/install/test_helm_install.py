@@ -1,0 +1,63 @@
+"""`helm install` brings the operator up as a pod (process-kubelet) with its ServiceAccount's
+credentials; it reconciles a sample SparsifyJob; `helm uninstall` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from localcluster.controlplane import free_port
+from localcluster.testing import create_namespace, helm, kubectl, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "sparsify-operator"
+STANDIN = REPO / "tests" / "standin"
+pytestmark = pytest.mark.cluster
+
+
+def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
+    apps, custom, rbac = client.AppsV1Api(kube), client.CustomObjectsApi(kube), client.RbacAuthorizationV1Api(kube)
+    team = create_namespace(core, "team")
+    res = helm(cluster.kubeconfig, "install", "sparsify", str(CHART), "-n", "sparsify-system", "--create-namespace",
+               "--set", f"watchNamespaces={{{team}}}", "--set", f"healthPort={free_port()}", "--set", f"metrics.port={free_port()}",
+               "--set", f"stages.workerCommand={{python,{STANDIN / 'worker.py'}}}",
+               "--set", f"stages.trainLauncher={{python,{STANDIN / 'torchrun.py'}}}",
+               "--wait", "--timeout", "180s", check=False)
+    assert res.returncode == 0, res.stderr
+    assert "watching: " + team in res.stdout  # NOTES.txt
+    pods = core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
+    (pod,) = [p for p in pods if p.status.phase == "Running"]
+    assert pod.spec.service_account_name == "sparsify-sparsify-operator"
+    assert pod.spec.node_name  # placed by the scheduler, run by the process-kubelet
+
+    kubectl(cluster.kubeconfig, "create", "secret", "generic", "sparsify-s3", "-n", team,
+            "--from-literal=AWS_ACCESS_KEY_ID=local", "--from-literal=AWS_SECRET_ACCESS_KEY=local")
+    sample = yaml.safe_load((REPO / "manifests/samples/yolov5s-pruned-quantized.yaml").read_text())
+    kubectl(cluster.kubeconfig, "apply", "-n", team, "-f", "-", input=json.dumps(sample))
+    name = sample["metadata"]["name"]
+
+    def finished():
+        st = custom.get_namespaced_custom_object("yolo-sparsify.io", "v1alpha1", team, "sparsifyjobs", name).get("status") or {}
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    st = wait_until(finished, 180, interval=1, what="sample SparsifyJob to finish under the in-cluster operator")
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    events = core.list_namespaced_event(team, field_selector=f"involvedObject.name={name}").items
+    assert {e.reporting_instance for e in events if e.reporting_component == "sparsify-operator"} == {pod.metadata.name}
+
+    res = helm(cluster.kubeconfig, "uninstall", "sparsify", "-n", "sparsify-system", "--wait", "--timeout", "120s", check=False)
+    assert res.returncode == 0, res.stderr
+    selector = "app.kubernetes.io/instance=sparsify"
+    wait_until(lambda: not core.list_namespaced_pod("sparsify-system", label_selector=selector).items, 60, what="operator pod gone")
+    assert not apps.list_namespaced_deployment("sparsify-system", label_selector=selector).items
+    assert not core.list_namespaced_service_account("sparsify-system", label_selector=selector).items
+    assert not core.list_namespaced_service("sparsify-system", label_selector=selector).items
+    assert not rbac.list_cluster_role(label_selector=selector).items
+    assert not rbac.list_cluster_role_binding(label_selector=selector).items
+    assert not rbac.list_role_binding_for_all_namespaces(label_selector=selector).items
+    # Helm never deletes CRDs from crds/ (that would delete every SparsifyJob): they stay on purpose.
+    assert client.ApiextensionsV1Api(kube).read_custom_resource_definition("sparsifyjobs.yolo-sparsify.io")
