@@ -40,11 +40,12 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def resumed_run(dataset, tmp_path_factory):
-    """prune + QAT over 4 epochs, killed after epoch 1 (index), then resumed."""
+    """prune + QAT over 4 epochs (QAT from epoch 3), killed after epoch 2, the last one before
+    QAT (the seed's OOM case), then resumed: the structure changes right at the resume."""
     out = tmp_path_factory.mktemp("pq")
 
     def kill_after_second_epoch(epoch, last, best):
-        if epoch == 1:
+        if epoch == 2:
             raise Killed()
 
     with pytest.raises(Killed):
@@ -56,8 +57,8 @@ def resumed_run(dataset, tmp_path_factory):
 
 def test_killed_run_resumes_at_the_next_epoch_with_masks_intact(resumed_run):
     out, at_kill, result = resumed_run
-    assert at_kill["epoch"] == 1 and result["startEpoch"] == 2
-    assert [h["epoch"] for h in result["history"]] == [2, 3]
+    assert at_kill["epoch"] == 2 and not at_kill["quantized"] and result["startEpoch"] == 3
+    assert [h["epoch"] for h in result["history"]] == [3]
     assert result["quantized"] is True and result["history"][-1]["qat"] is True
     final = load_checkpoint(out / "last.pt")
     pruned_at_kill = {k: v.eq(0) for k, v in at_kill["model"].items() if v.dim() == 4 and not k.startswith("model.0.")}

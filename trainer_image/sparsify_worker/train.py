@@ -137,6 +137,12 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def structure_epoch(ckpt: dict) -> float:
+    """The recipe time whose structure a checkpoint has: the end of its epoch, just before a
+    change scheduled exactly there (QAT starting at epoch e+1 is not in the epoch-e checkpoint)."""
+    return ckpt["epoch"] + 0.999
+
+
 def restore_model(ckpt: dict, epoch: float | None = None):
     """Model + its recipe manager with the checkpoint's structure (masks, QAT) re-applied
     before the weights are loaded (a QAT model's state dict only fits a QAT model)."""
@@ -145,7 +151,7 @@ def restore_model(ckpt: dict, epoch: float | None = None):
     shims.apply()
     model = build_model(ckpt["arch"], ckpt["nc"], ckpt.get("activation", "Hardswish"))
     manager = ScheduledModifierManager.from_yaml(ckpt["recipe"], recipe_variables=ckpt.get("recipe_variables") or None)
-    manager.apply_structure(model, epoch=ckpt["epoch"] + 1 if epoch is None else epoch)
+    manager.apply_structure(model, epoch=structure_epoch(ckpt) if epoch is None else epoch)
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
     return model, manager
 
@@ -176,7 +182,7 @@ def train(cfg: TrainConfig) -> dict:
     start_epoch, best_map50, ema_state, ema_updates, opt_state = 0, -1.0, None, 0, None
     if cfg.resume_from:
         ckpt = load_checkpoint(cfg.resume_from)
-        manager.apply_structure(model, epoch=ckpt["epoch"] + 1)
+        manager.apply_structure(model, epoch=structure_epoch(ckpt))
         model.load_state_dict(ckpt["model"])
         start_epoch, best_map50 = ckpt["epoch"] + 1, ckpt.get("best_map50", -1.0)
         ema_state, ema_updates, opt_state = ckpt.get("ema"), ckpt.get("ema_updates", 0), ckpt.get("optimizer")
@@ -252,7 +258,7 @@ def train(cfg: TrainConfig) -> dict:
             map50 = _evaluate(ema.ema, data, val_loader, cfg.img_size, per_rank * 2, out)
             # best.pt only from epochs with the final structure (pruned, quantized): an early dense
             # epoch with a lucky mAP is not what the recipe asked for
-            eligible = epoch + 1 >= final_structure
+            eligible = epoch + 1 > final_structure  # a change at t=3.0 happens in epoch 3, not 2
             improved = eligible and (map50 > best_map50 or not (out / "best.pt").exists())
             if eligible:
                 best_map50 = max(best_map50, map50)
