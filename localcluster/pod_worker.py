@@ -442,13 +442,42 @@ def _without_times(status: dict) -> dict:
     return s
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, found through /proc before anything is signalled (an orphan
+    is reparented away and cannot be found any more)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _signal_group(proc: subprocess.Popen | None, sig: int) -> None:
+    """Signal the container like a runtime signals its cgroup: the process group and every
+    descendant, including those that started sessions of their own (torchrun's workers)."""
     if proc is None:
         return
+    tree = descendants(proc.pid) if sig == signal.SIGKILL else []
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+    for pid in tree:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _covers(mount_path: str, paths: list[str]) -> bool:

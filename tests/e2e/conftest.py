@@ -45,7 +45,7 @@ def dataset_uri(cluster, e2e_namespace, tmp_path_factory):
     env = {**os.environ, "AWS_ENDPOINT_URL_S3": cluster.s3_endpoint, "AWS_ACCESS_KEY_ID": local_s3.LOCAL_ACCESS_KEY,
            "AWS_SECRET_ACCESS_KEY": local_s3.LOCAL_SECRET_KEY}
     subprocess.run([sys.executable, "-m", "sparsify_worker.cli", "make-dataset", str(tmp_path_factory.mktemp("ds") / "shapes"),
-                    "--train", "96", "--val", "16", "--size", "160", "--upload", "s3://datasets/shapes"],
+                    "--train", "48", "--val", "16", "--size", "160", "--upload", "s3://datasets/shapes"],
                    env=env, check=True, capture_output=True, timeout=300)
     kubectl(cluster.kubeconfig, "create", "secret", "generic", "s3-credentials", "-n", e2e_namespace,
             f"--from-literal=AWS_ACCESS_KEY_ID={local_s3.LOCAL_ACCESS_KEY}",

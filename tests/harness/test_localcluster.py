@@ -340,3 +340,24 @@ def test_volume_over_the_runtimes_parent_keeps_the_runtime_visible(core, namespa
     st = wait_until(lambda: terminated(core, namespace, "over-runtime"), 30, what="pod to finish")
     assert st.exit_code == 0 and st.message.startswith(sys.prefix)
     assert not os.path.exists(os.path.join(parent, "written-in-volume"))  # it went to the volume
+
+
+def test_killing_a_container_kills_processes_that_left_its_process_group(core, namespace):
+    """torchrun starts its workers in sessions of their own; a kill must still reach them."""
+    script = """
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        open('/tmp/child.pid', 'w').write(str(child.pid))
+        print("CHILD", child.pid, flush=True)
+        time.sleep(600)
+    """
+    core.create_namespaced_pod(namespace, pod("tree", script))
+    wait_until(lambda: core.read_namespaced_pod("tree", namespace).status.phase == "Running", 30, what="running")
+    parent = int(core.read_namespaced_pod("tree", namespace).status.container_statuses[0].container_id.split("//")[1])
+    from localcluster.pod_worker import descendants
+
+    kids = wait_until(lambda: [p for p in descendants(parent) if p != parent and len(descendants(p)) == 0 and pid_alive(p)
+                               and os.getsid(p) != os.getsid(parent)], 20, what="the child in its own session")
+    faults.kill_container(core, namespace, "tree")
+    wait_until(lambda: terminated(core, namespace, "tree"), 30, what="container killed")
+    wait_until(lambda: not any(pid_alive(k) for k in kids), 10, what="the escaped child to be killed too")

@@ -78,9 +78,14 @@ def _summary_path() -> Path:
 
 def write_summary(summary: dict) -> None:
     text = json.dumps(summary, separators=(",", ":"), default=str)
-    if len(text) > SUMMARY_LIMIT:  # keep what the operator reads; the full record is in S3
-        summary = {k: v for k, v in summary.items() if k not in ("history", "cpu", "dataset")}
-        text = json.dumps(summary, separators=(",", ":"), default=str)[:SUMMARY_LIMIT]
+    for drop in ("history", "dataset", "cpu", "dense", "problems", "maxDiff"):
+        if len(text) <= SUMMARY_LIMIT:
+            break
+        summary = {k: v for k, v in summary.items() if k != drop}  # the full record is in S3
+        text = json.dumps(summary, separators=(",", ":"), default=str)
+    if len(text) > SUMMARY_LIMIT:  # never cut JSON in half: say what matters, in valid JSON
+        text = json.dumps({k: (str(v)[:400] if isinstance(v, str) else v) for k, v in summary.items()
+                           if k in ("stage", "error", "onnx", "checkpoint", "report", "results")}, separators=(",", ":"))
     try:
         _summary_path().write_text(text)
     except OSError:
@@ -178,12 +183,51 @@ def run_benchmark(st: Stage) -> dict:
     result = benchmark(local, list(b.get("engines", ["deepsparse", "onnxruntime"])), int(b.get("batchSize", 64)),
                        b.get("cores"), b.get("scenario", "sync"), int(b.get("durationSeconds", 30)))
     result["node"] = os.environ.get("NODE_NAME", "")
+    if b.get("compareDense", True):
+        result["dense"] = dense_reference(st, local, b)
+    try:
+        from .report import accuracy_vs_throughput_plot
+
+        png = accuracy_vs_throughput_plot(st.spec, st.inputs, result, st.work / "bench" / "accuracy-vs-throughput.png")
+        result["plot"] = st.store.upload(png, st.out.join("accuracy-vs-throughput.png"), "image/png")
+    except Exception as e:  # noqa: BLE001  (a plot is a nicety; the numbers are in the JSON)
+        log.warning("no plot: %s", e)
     st.store.put_bytes(json.dumps(result, indent=2).encode(), st.out.join("benchmark.json"))
     report = st.store.put_bytes(benchmark_markdown(st.spec, st.inputs, result).encode(), st.out.join("benchmark.md"), "text/markdown")
     failed = [e for e, r in result["engines"].items() if "error" in r]
     if failed and len(failed) == len(result["engines"]):
         raise RuntimeError("; ".join(result["engines"][e]["error"] for e in failed))
-    return {"stage": "benchmark", **result, "report": report}
+    summary = {"stage": "benchmark", **result, "report": report, "details": str(st.out.join("benchmark.json"))}
+    if "dense" in result:  # the termination message stays small: the full record is benchmark.json
+        summary["dense"] = {"map50": result["dense"]["map50"], "imagesPerSecond": {
+            e: r.get("imagesPerSecond") for e, r in result["dense"]["engines"].items()}}
+    return summary
+
+
+def dense_reference(st: Stage, sparse_onnx: Path, b: dict) -> dict:
+    """The dense model of the same architecture (the starting weights when the spec has them),
+    exported and benchmarked on the same node: the other end of the comparison."""
+    import onnx
+
+    from .benchmark import benchmark
+    from .export import dense_checkpoint, export
+    from .train import load_checkpoint
+
+    out_dim = onnx.load(str(sparse_onnx), load_external_data=False).graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    nc = int(out_dim) - 5
+    weights, map50, source = None, None, "untrained (the run had no starting weights)"
+    if st.spec["model"].get("weights"):
+        ckpt = load_checkpoint(st.store.download(st.spec["model"]["weights"], st.work / "bench" / "dense-weights.pt"))
+        if ckpt["nc"] == nc:
+            weights, map50, source = ckpt.get("ema") or ckpt["model"], ckpt.get("best_map50"), st.spec["model"]["weights"]
+    ckpt_path = dense_checkpoint(st.spec["model"]["arch"], nc, st.spec["model"].get("activation", "Hardswish"),
+                                 st.work / "bench" / "dense.pt", weights, map50)
+    ex = st.spec.get("export", {})
+    info = export(ckpt_path, st.work / "bench" / "dense", int(ex.get("imgSize", 640)), int(ex.get("opset", 13)))
+    res = benchmark(Path(info["onnxPath"]), list(b.get("engines", ["deepsparse", "onnxruntime"])), int(b.get("batchSize", 64)),
+                    b.get("cores"), b.get("scenario", "sync"), int(b.get("durationSeconds", 30)))
+    return {"source": source, "map50": map50, "sizeBytes": info["sizeBytes"], "sizeGzipBytes": info["sizeGzipBytes"],
+            "engines": res["engines"]}
 
 
 def run_publish(st: Stage) -> dict:

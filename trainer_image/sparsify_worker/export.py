@@ -19,6 +19,27 @@ MIN_QAT_OPSET = 13  # sparseml refuses convert_qat below 13
 TOLERANCE = {"fp32": 1e-3, "int8": 0.08}
 
 
+def dense_checkpoint(arch: str, num_classes: int, activation: str, path: Path, weights: dict | None = None,
+                     map50: float | None = None) -> Path:
+    """A checkpoint of the dense model (starting weights, or untrained when none): the
+    reference that sparse results are compared with."""
+    import torch
+
+    from .model import build_model
+    from .recipes import preset_path
+    from .train import CHECKPOINT_VERSION
+
+    model = build_model(arch, num_classes, activation)
+    if weights:
+        model.load_state_dict(weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": 0, "arch": arch, "activation": activation,
+                "nc": num_classes, "names": [str(i) for i in range(num_classes)], "recipe": preset_path(f"{arch}-baseline").read_text(),
+                "recipe_variables": {"num_epochs": 1.0}, "model": model.state_dict(), "ema": None, "sparsity": 0.0,
+                "best_map50": map50}, path)
+    return path
+
+
 def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13, dynamic_batch: bool = True,
            check_batch: int = 2) -> dict:
     yolo_env.prepare()

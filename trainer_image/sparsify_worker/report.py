@@ -35,9 +35,58 @@ def benchmark_markdown(spec: dict, inputs: dict, result: dict) -> str:
             lines.append(f"| {engine} | {r['imagesPerSecond']:.1f} | {r['latencyMs']:.1f} | {native} |")
     if "speedupVsOnnxRuntime" in result:
         lines += ["", f"DeepSparse / ONNX Runtime on this model: **{result['speedupVsOnnxRuntime']:.2f}x**."]
+    dense = result.get("dense")
+    if dense:
+        lines += ["", f"Dense reference ({dense['source']}), same node and settings:", "",
+                  "| engine | dense img/s | sparse img/s | sparse / dense |", "|---|---|---|---|"]
+        for engine, r in dense["engines"].items():
+            s = result["engines"].get(engine, {})
+            if "imagesPerSecond" in r and "imagesPerSecond" in s and r["imagesPerSecond"]:
+                lines.append(f"| {engine} | {r['imagesPerSecond']:.1f} | {s['imagesPerSecond']:.1f} | "
+                             f"{s['imagesPerSecond'] / r['imagesPerSecond']:.2f}x |")
+        ort_dense = dense["engines"].get("onnxruntime", {}).get("imagesPerSecond")
+        ds_sparse = result["engines"].get("deepsparse", {}).get("imagesPerSecond")
+        if ort_dense and ds_sparse:
+            lines += ["", f"DeepSparse on the sparse model vs ONNX Runtime on the dense one: **{ds_sparse / ort_dense:.2f}x**; "
+                      f"size {_mb(dense['sizeGzipBytes'])} -> {_mb(export.get('sizeGzipBytes'))} (gzip)."]
+    if result.get("plot"):
+        lines += ["", "![accuracy vs throughput](accuracy-vs-throughput.png)"]
     lines += ["", f"Model: {_mb(export.get('sizeBytes'))} raw, {_mb(export.get('sizeGzipBytes'))} gzip, "
               f"sparsity {export.get('sparsity', 0):.1%}, {'INT8' if export.get('quantized') else 'FP32'}."]
     return "\n".join(lines) + "\n"
+
+
+def accuracy_vs_throughput_plot(spec: dict, inputs: dict, result: dict, path):
+    """mAP@0.5 against img/s: the sparse model (each engine) and its dense reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sparse_map = inputs.get("train", {}).get("bestMap50")
+    dense = result.get("dense") or {}
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    markers = {"deepsparse": "o", "onnxruntime": "s"}
+    for label, engines, acc, color in (("sparse", result["engines"], sparse_map, "tab:green"),
+                                       ("dense", dense.get("engines", {}), dense.get("map50"), "tab:gray")):
+        for engine, r in engines.items():
+            if "imagesPerSecond" not in r:
+                continue
+            if acc is None:  # accuracy unknown (untrained dense reference): a line at its speed
+                ax.axvline(r["imagesPerSecond"], color=color, linestyle="--" if engine == "deepsparse" else ":",
+                           label=f"{label} {engine} (accuracy n/a)")
+            else:
+                ax.scatter([r["imagesPerSecond"]], [acc], color=color, marker=markers.get(engine, "x"), s=60,
+                           label=f"{label} {engine}")
+    ax.set_xlabel(f"images/s (batch {result['batchSize']}, {result['scenario']})")
+    ax.set_ylabel("mAP@0.5 (validation)")
+    ax.set_title(f"{_recipe(spec)}: accuracy vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def results_document(spec: dict, inputs: dict, output_uri: str, name: str) -> dict:
