@@ -41,7 +41,8 @@ def train_pods(core, ns, name, phase="Running"):
 
 def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, api, installed_operator, dataset_uri, e2e_namespace, tmp_path):
     custom, _ = api
-    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("happy", dataset_uri, epochs=4))
+    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL,
+                                           sparsifyjob("happy", dataset_uri, epochs=4, benchmark={"compareDense": True}))
     st = wait_finished(custom, e2e_namespace, "happy")
     assert st["phase"] == "Succeeded", dump(st)
     r = st["results"]
@@ -62,6 +63,11 @@ def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, a
     assert results["sparsity"] == r["sparsity"] and results["map50"] == r["map50"]
     assert results["throughput"] == {k: v for k, v in r["throughput"].items()}
     assert r["sizeGzipBytes"] == results["sizeGzipBytes"]
+    # the report and its plot sit next to the ONNX; the dense reference ran on the same node
+    keys = objects(cluster, f"e2e/{e2e_namespace}/happy/")
+    assert {f"e2e/{e2e_namespace}/happy/{k}" for k in ("benchmark.md", "accuracy-vs-throughput.png", "report.md")} <= set(keys)
+    bench = json.loads(s3(cluster).get_object(Bucket="models", Key=f"e2e/{e2e_namespace}/happy/benchmark.json")["Body"].read())
+    assert bench["dense"]["engines"]["onnxruntime"]["imagesPerSecond"] > 0 and bench["dense"]["sizeGzipBytes"] > r["sizeGzipBytes"]
 
 
 def test_training_pod_killed_mid_epoch_resumes_from_the_last_checkpoint(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):

@@ -213,8 +213,12 @@ def dense_reference(st: Stage, sparse_onnx: Path, b: dict) -> dict:
     from .export import dense_checkpoint, export
     from .train import load_checkpoint
 
-    out_dim = onnx.load(str(sparse_onnx), load_external_data=False).graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    nc = int(out_dim) - 5
+    nc = st.inputs.get("export", {}).get("numClasses")
+    if not nc:  # older export summary: the last output dim is 5 + classes when it is static
+        out_dim = onnx.load(str(sparse_onnx), load_external_data=False).graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        nc = int(out_dim) - 5
+    if nc < 1:
+        raise ValueError("cannot tell the number of classes of the model for the dense reference")
     weights, map50, source = None, None, "untrained (the run had no starting weights)"
     if st.spec["model"].get("weights"):
         ckpt = load_checkpoint(st.store.download(st.spec["model"]["weights"], st.work / "bench" / "dense-weights.pt"))

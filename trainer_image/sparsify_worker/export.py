@@ -85,5 +85,5 @@ def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13
         "sizeBytes": raw, "sizeGzipBytes": gz, "sparsity": round(onnx_sparsity, 4),
         "checkpointSparsity": round(float(ckpt.get("sparsity", 0.0)), 4), "dynamicBatch": dynamic_batch,
         "maxDiff": {"probabilities": round(prob_diff, 5), "boxes": round(box_diff, 5), "tolerance": TOLERANCE[kind]},
-        "map50": ckpt.get("best_map50"), "imgSize": img_size,
+        "map50": ckpt.get("best_map50"), "imgSize": img_size, "numClasses": ckpt["nc"],
     }
