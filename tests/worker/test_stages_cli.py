@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,16 @@ SPEC = {
 }
 
 
-def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path) -> tuple[int, dict, str]:
-    term = tmp / f"{stage}.termination"
-    env = {**os.environ, "SPARSIFY_SPEC": json.dumps(spec), "SPARSIFY_INPUTS": json.dumps(inputs), "SPARSIFY_STAGE": stage,
-           "SPARSIFY_NAMESPACE": "ml", "SPARSIFY_NAME": "cli", "SPARSIFY_OUTPUT_URI": "s3://artifacts/runs/ml/cli",
+def stage_env(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli") -> dict:
+    return {**os.environ, "SPARSIFY_SPEC": json.dumps(spec), "SPARSIFY_INPUTS": json.dumps(inputs), "SPARSIFY_STAGE": stage,
+           "SPARSIFY_NAMESPACE": "ml", "SPARSIFY_NAME": name, "SPARSIFY_OUTPUT_URI": f"s3://artifacts/runs/ml/{name}",
            "SPARSIFY_BATCH_SIZE": str(spec["training"]["batchSize"]), "AWS_ENDPOINT_URL_S3": endpoint,
-           "TERMINATION_MESSAGE_PATH": str(term), "SPARSIFY_WORKDIR": str(tmp / "work")}
+           "TERMINATION_MESSAGE_PATH": str(tmp / f"{stage}.termination"), "SPARSIFY_WORKDIR": str(tmp / "work")}
+
+
+def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli") -> tuple[int, dict, str]:
+    term = tmp / f"{stage}.termination"
+    env = stage_env(stage, spec, inputs, endpoint, tmp, name)
     proc = subprocess.run([*WORKER, stage], env=env, capture_output=True, text=True, timeout=900)
     summary = json.loads(term.read_text()) if term.exists() else {}
     return proc.returncode, summary, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -91,10 +96,22 @@ def test_validate_refuses_the_wrong_models_recipe_before_any_gpu_is_held(s3_endp
     assert "written for yolov5l but the model is yolov5s" in summary["error"]
 
 
-def test_training_resumes_from_the_checkpoint_in_s3(s3_endpoint, pipeline, tmp_path):
+def test_a_killed_training_process_resumes_from_its_checkpoint_in_s3(s3_endpoint, uploaded_dataset, tmp_path):
     """A retried training pod (new process, empty disk) continues from last.pt in S3."""
-    spec = json.loads(json.dumps(SPEC))
-    spec["training"]["epochs"] = 5  # the run above stopped at 4 epochs of the same recipe
-    code, summary, log = run_stage("train", spec, {}, s3_endpoint, tmp_path)
+    from sparsify_worker.s3 import Store, client
+
+    store = Store(client(s3_endpoint))
+    last = "s3://artifacts/runs/ml/killed/checkpoints/last.pt"
+    first = subprocess.Popen([*WORKER, "train"], env=stage_env("train", SPEC, {}, s3_endpoint, tmp_path / "a", "killed"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not store.exists(last) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        first.kill()  # SIGKILL, mid-epoch: what a node loss or OOM does
+        first.wait()
+    code, summary, log = run_stage("train", SPEC, {}, s3_endpoint, tmp_path / "b", "killed")
     assert code == 0, log
-    assert summary["resumed"] is True and summary["startEpoch"] == 4 and summary["epochs"] == 5
+    assert summary["resumed"] is True and 1 <= summary["startEpoch"] <= 3 and summary["epochs"] == 4
+    assert summary["quantized"] is True and summary["history"][-1]["epoch"] == 3

@@ -35,7 +35,7 @@ def dense_checkpoint(arch: str, num_classes: int, activation: str, path: Path, w
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": 0, "arch": arch, "activation": activation,
                 "nc": num_classes, "names": [str(i) for i in range(num_classes)], "recipe": preset_path(f"{arch}-baseline").read_text(),
-                "recipe_variables": {"num_epochs": 1.0}, "model": model.state_dict(), "ema": None, "sparsity": 0.0,
+                "recipe_variables": {}, "model": model.state_dict(), "ema": None, "sparsity": 0.0,
                 "best_map50": map50}, path)
     return path
 

@@ -176,12 +176,17 @@ def train(cfg: TrainConfig) -> dict:
     per_rank = cfg.batch_size // dist_info.world
 
     model = build_model(cfg.arch, data["nc"], cfg.activation)
-    manager = ScheduledModifierManager.from_yaml(cfg.recipe, recipe_variables=cfg.recipe_variables or None)
+    recipe, variables = cfg.recipe, dict(cfg.recipe_variables or {})
+    ckpt = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
+    if ckpt and (ckpt["recipe"], ckpt.get("recipe_variables") or {}) != (recipe, variables):
+        # a run keeps the schedule it started with: masks and QAT depend on it
+        log.warning("resuming with the checkpoint's recipe schedule, not the one given now")
+        recipe, variables = ckpt["recipe"], dict(ckpt.get("recipe_variables") or {})
+    manager = ScheduledModifierManager.from_yaml(recipe, recipe_variables=variables or None)
     epochs = int(math.ceil(manager.max_epochs))
     final_structure = final_structure_epoch(manager)
     start_epoch, best_map50, ema_state, ema_updates, opt_state = 0, -1.0, None, 0, None
-    if cfg.resume_from:
-        ckpt = load_checkpoint(cfg.resume_from)
+    if ckpt:
         manager.apply_structure(model, epoch=structure_epoch(ckpt))
         model.load_state_dict(ckpt["model"])
         start_epoch, best_map50 = ckpt["epoch"] + 1, ckpt.get("best_map50", -1.0)
@@ -264,8 +269,8 @@ def train(cfg: TrainConfig) -> dict:
                 best_map50 = max(best_map50, map50)
             ckpt = {
                 "format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": epoch, "arch": cfg.arch,
-                "activation": cfg.activation, "nc": data["nc"], "names": data["names"], "recipe": cfg.recipe,
-                "recipe_variables": cfg.recipe_variables, "model": model.state_dict(), "ema": ema.ema.state_dict(),
+                "activation": cfg.activation, "nc": data["nc"], "names": data["names"], "recipe": recipe,
+                "recipe_variables": variables, "model": model.state_dict(), "ema": ema.ema.state_dict(),
                 "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "map50": map50, "best_map50": best_map50,
                 "batch_size": cfg.batch_size, "img_size": cfg.img_size, "quantized": qat, "sparsity": sparsity(model),
             }
