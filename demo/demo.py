@@ -85,7 +85,7 @@ def run(info, job_path: Path, t0: float) -> int:
     if status.get("phase") != "Succeeded":
         say(f"the SparsifyJob ended {status.get('phase')}: {json.dumps(status.get('conditions'), indent=1)}")
         return 1
-    table(job, status)
+    table(job, status, info.s3_endpoint)
     say(f"demo finished in {time.monotonic() - t0:.0f}s")
     return 0
 
@@ -112,21 +112,44 @@ def follow(core, custom, ns: str, name: str, timeout: float = 1800) -> dict:
     return status
 
 
-def table(job: dict, status: dict) -> None:
+def table(job: dict, status: dict, endpoint: str) -> None:
     r = status["results"]
     recipe = status.get("recipe", "")
     tp = r.get("throughput", {})
+    arch = job["spec"]["model"]["arch"]
+    bench = read_json(endpoint, r["artifacts"]["report"].rsplit("/", 1)[0] + "/benchmark.json")
+    dense = bench.get("dense") or {}
+    dtp = {e: v.get("imagesPerSecond") for e, v in (dense.get("engines") or {}).items()}
     print("| model | recipe | mAP@0.5 | sparsity | size on disk (gzip) | DeepSparse img/s | ONNX Runtime img/s |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {job['spec']['model']['arch']} | {recipe} | {r.get('map50')} | {r.get('sparsity', 0):.1%} | {r.get('size')} | "
+    if dense:
+        print(f"| {arch} | dense reference ({'untrained' if dense.get('map50') is None else 'starting weights'}) | "
+              f"{dense.get('map50') if dense.get('map50') is not None else '-'} | 0% | {dense['sizeGzipBytes'] / 1e6:.1f}MB | "
+              f"{dtp.get('deepsparse', '-')} | {dtp.get('onnxruntime', '-')} |")
+    print(f"| {arch} | {recipe} | {r.get('map50')} | {r.get('sparsity', 0):.1%} | {r.get('size')} | "
           f"{tp.get('deepsparse', '-')} | {tp.get('onnxruntime', '-')} |")
     if recipe in SEED:
-        m, s, ips = SEED[recipe]
-        print(f"| (seed, COCO, 24-core c5.12xlarge, batch 64) | {recipe} | {m} | | {s} | {ips} | |")
-    print("\nmAP here is on generated shapes after a few epochs at 160 px, not COCO; throughput is this machine's.")
+        m, size, ips = SEED[recipe]
+        print(f"| seed (COCO, 24-core c5.12xlarge, batch 64) | {recipe} | {m} | | {size} | {ips} | |")
+    if dtp.get("onnxruntime") and tp.get("deepsparse"):
+        print(f"\nDeepSparse on the sparse model vs ONNX Runtime on the dense one, same node: "
+              f"{tp['deepsparse'] / dtp['onnxruntime']:.2f}x; vs DeepSparse dense: {tp['deepsparse'] / dtp.get('deepsparse', 1):.2f}x; "
+              f"size {dense['sizeGzipBytes'] / 1e6:.1f}MB -> {r.get('sizeGzipBytes', 0) / 1e6:.1f}MB (gzip).")
+    print("mAP here is on generated shapes after a few epochs at 160 px, not COCO; throughput is this machine's 2 cores "
+          f"at batch {bench.get('batchSize')}, {job['spec']['benchmark'].get('imgSize', 640)} px.")
     print("\nArtifacts:")
     for k, v in r.get("artifacts", {}).items():
         print(f"  {k:15s} {v}")
+    if bench.get("plot"):
+        print(f"  {'plot':15s} {bench['plot']}")
+
+
+def read_json(endpoint: str, uri: str) -> dict:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        return json.loads(local_s3.client(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception:  # noqa: BLE001  (the table is still useful without it)
+        return {}
 
 
 if __name__ == "__main__":
