@@ -10,28 +10,10 @@ import pytest
 from kubernetes import client
 
 from localcluster.cluster import LocalCluster
+from localcluster.pod_worker import descendants
 from localcluster.testing import api_client, create_namespace, wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in found:
-                found.add(c)
-                todo.append(c)
-    return found
 
 
 def alive(pids: set[int]) -> set[int]:
@@ -54,7 +36,7 @@ def start_with_running_pod(tmp_path) -> tuple[LocalCluster, set[int]]:
     core.create_namespaced_pod(ns, {"metadata": {"name": "sleeper"}, "spec": {"containers": [
         {"name": "main", "image": "python:3.11", "command": ["python", "-c", "import time; time.sleep(600)"]}]}})
     wait_until(lambda: core.read_namespaced_pod("sleeper", ns).status.phase == "Running", 30, what="sleeper running")
-    procs = descendants(info.supervisor_pid) | {info.supervisor_pid}
+    procs = set(descendants(info.supervisor_pid)) | {info.supervisor_pid}
     assert len(procs) >= 7  # supervisor, etcd, apiserver, controller-manager, scheduler, S3, the pod
     return lc, procs
 

@@ -3,7 +3,6 @@ by helm itself and by the real API server."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -29,7 +29,7 @@ def extras(dockerfile: Path) -> str:
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_image_dependency_set_installs_and_its_entrypoints_run(name, tmp_path):
     dockerfile = REPO / "trainer_image" / name
-    assert f'pip install --no-cache-dir ".[${{EXTRAS}}]"' in dockerfile.read_text()
+    assert 'pip install --no-cache-dir ".[${EXTRAS}]"' in dockerfile.read_text()
     assert "USER 65532:65532" in dockerfile.read_text()  # non-root
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import s3 as local_s3
 from sparsify_worker.s3 import S3Error, S3Uri, Store, client
 
 

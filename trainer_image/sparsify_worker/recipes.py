@@ -125,8 +125,6 @@ def rescaled_variables(text: str, epochs: int) -> dict:
 
 
 def _prunable(arch: str) -> list[tuple[str, int]]:
-    import torch  # noqa: F401  (generation only)
-
     from .model import build_model
 
     model = build_model(arch, num_classes=80)
