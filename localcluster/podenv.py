@@ -50,12 +50,11 @@ def field_path_value(pod: dict, path: str) -> str:
     return simple[path]
 
 
-def resource_field_value(container: dict, resource: str, divisor: str | None) -> str:
+def resource_field_value(container: dict, resource: str) -> str:
+    """The container's request/limit as written (divisors are not applied)."""
     kind, _, name = resource.partition(".")
     value = ((container.get("resources") or {}).get(kind) or {}).get(name)
-    if value is None:
-        return "0"
-    return str(value) if not divisor or divisor == "1" else str(value)
+    return "0" if value is None else str(value)
 
 
 def _source(kind: str, ref: dict, namespace: str, lookup: Lookup, key: str | None = None) -> "dict[str, str] | str | None":
@@ -105,7 +104,7 @@ def container_env(
             value = field_path_value(pod, vf["fieldRef"]["fieldPath"])
         elif "resourceFieldRef" in vf:
             rf = vf["resourceFieldRef"]
-            value = resource_field_value(container, rf["resource"], rf.get("divisor"))
+            value = resource_field_value(container, rf["resource"])
         else:
             value = ""
         if value is not None:
