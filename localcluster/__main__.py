@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("up", "serve"):
             p.add_argument("--gpu-nodes", type=int, default=2)
             p.add_argument("--cpu-nodes", type=int, default=2)
+            p.add_argument("--audit", action="store_true", help="log every API request's metadata to logs/audit.log")
         if name == "logs":
             p.add_argument("namespace")
             p.add_argument("pod")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state = args.state.resolve()
     if args.cmd == "serve":
-        serve(state, args.gpu_nodes, args.cpu_nodes)
+        serve(state, args.gpu_nodes, args.cpu_nodes, args.audit)
         return 0
     if args.cmd == "up":
         if (state / "supervisor.pid").exists() and (state / "cluster.json").exists():
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         except binaries.BinaryBuildError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        cluster = LocalCluster(state, args.gpu_nodes, args.cpu_nodes)
+        cluster = LocalCluster(state, args.gpu_nodes, args.cpu_nodes, args.audit)
         info = cluster.start(detach=True)
         (state / "supervisor.pid").write_text(str(info.supervisor_pid))
         print(f"local cluster up in {info.started_seconds}s (nodes: {', '.join(info.nodes)}; S3: {info.s3_endpoint})", file=sys.stderr)

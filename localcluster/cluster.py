@@ -42,7 +42,7 @@ class ClusterInfo:
         return cls(**json.loads((state_dir / INFO_FILE).read_text()))
 
 
-def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int) -> None:
+def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int, audit: bool = False) -> None:
     """Start everything, write cluster.json, block until told to stop."""
     from . import s3
     from .kubelet import ProcessKubelet
@@ -53,7 +53,7 @@ def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cp = ControlPlane(state_dir)
+    cp = ControlPlane(state_dir, audit=audit)
     s3_proc = None
     kubelet = None
     try:
@@ -98,9 +98,9 @@ def _wait_default_service_account(kubeconfig: Path, timeout: float = 60) -> None
 class LocalCluster:
     """Start/stop a supervisor (`python -m localcluster serve`) for a state dir."""
 
-    def __init__(self, state_dir: Path, gpu_nodes: int = 2, cpu_nodes: int = 2):
+    def __init__(self, state_dir: Path, gpu_nodes: int = 2, cpu_nodes: int = 2, audit: bool = False):
         self.state_dir = Path(state_dir).resolve()
-        self.gpu_nodes, self.cpu_nodes = gpu_nodes, cpu_nodes
+        self.gpu_nodes, self.cpu_nodes, self.audit = gpu_nodes, cpu_nodes, audit
         self.proc: subprocess.Popen | None = None
         self.info: ClusterInfo | None = None
 
@@ -112,7 +112,7 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / INFO_FILE).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "localcluster", "serve", "--state", str(self.state_dir),
-               "--gpu-nodes", str(self.gpu_nodes), "--cpu-nodes", str(self.cpu_nodes)]
+               "--gpu-nodes", str(self.gpu_nodes), "--cpu-nodes", str(self.cpu_nodes)] + (["--audit"] if self.audit else [])
         if detach:  # outlives this process (make cluster): no death signal, own session
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,

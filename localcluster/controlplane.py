@@ -96,6 +96,7 @@ class ControlPlane:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     apiserver_port: int = 0
     etcd_port: int = 0
+    audit: bool = False  # write every request's metadata to logs/audit.log (the operator scale benchmark counts them)
 
     @property
     def pki(self) -> PKI:
@@ -114,6 +115,22 @@ class ControlPlane:
 
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
+
+    @property
+    def audit_log(self) -> Path:
+        return self._log("audit")
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],  # one line per request, when it completes
+            "rules": [{"level": "Metadata"}],
+        }))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=batch", "--audit-log-maxbackup=0"]
 
     def start(self) -> "ControlPlane":
         binaries.ensure_all()
@@ -150,6 +167,7 @@ class ControlPlane:
             "--profiling=false",
             "--shutdown-delay-duration=0s",
             "--v=1",
+            *self._audit_flags(),
         ], self._log("kube-apiserver"))
         ctx = ssl.create_default_context(cafile=str(p("ca.crt")))
         ctx.load_cert_chain(str(p("admin.crt")), str(p("admin.key")))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 import time
 import uuid
 from typing import Callable, TypeVar
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -77,3 +79,16 @@ def job_condition(batch: client.BatchV1Api, namespace: str, job: str) -> str | N
         if c.type in ("Complete", "Failed") and c.status == "True":
             return c.type
     return None
+
+
+def service_account_kubeconfig(admin_kubeconfig: str, core: client.CoreV1Api, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (a day-long token): runs a
+    component with exactly the RBAC its manifests grant."""
+    token = core.create_namespaced_service_account_token(sa, namespace, {"spec": {"expirationSeconds": 86400}}).status.token
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    cfg = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+           "users": [{"name": sa, "user": {"token": token}}],
+           "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": sa}}], "current-context": "sa"}
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -11,11 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
 from localcluster.controlplane import free_port
-from localcluster.testing import kubectl, wait_until
+from localcluster.testing import kubectl, service_account_kubeconfig, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "standin"
@@ -35,17 +34,6 @@ def crd(cluster, kube):
     wait_until(lambda: kubectl(cluster.kubeconfig, "explain", "sparsifyjob.spec", check=False).returncode == 0,
                30, what="CRD schema published")
     return "sparsifyjobs.yolo-sparsify.io"
-
-
-def service_account_kubeconfig(admin_kubeconfig: str, core: client.CoreV1Api, namespace: str, sa: str, path: Path) -> Path:
-    token = core.create_namespaced_service_account_token(sa, namespace, {"spec": {"expirationSeconds": 86400}}).status.token
-    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
-    cluster = admin["clusters"][0]
-    cfg = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-           "users": [{"name": sa, "user": {"token": token}}],
-           "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": sa}}], "current-context": "sa"}
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="session")
