@@ -40,7 +40,7 @@ from kubernetes import client, config
 from urllib3.exceptions import ProtocolError
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "operator")]  # this checkout's code, even where the venv installed another
 
 from localcluster.cluster import LocalCluster  # noqa: E402
 from localcluster.controlplane import free_port  # noqa: E402
@@ -157,7 +157,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig),
                "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
                "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-               "SPARSIFY_METRICS_PORT": str(self.metrics_port)}
+               "SPARSIFY_METRICS_PORT": str(self.metrics_port),
+               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}  # the operator of this checkout
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)

@@ -1,6 +1,8 @@
-"""Kopf wiring (thin): every event of a SparsifyJob or of one of its Jobs, and a periodic
-resync, leads to the same level-based `reconcile`. No finalizers: children are cleaned up by
-owner references, so deleting a SparsifyJob never waits for the operator."""
+"""Kopf wiring (thin): every event of a SparsifyJob or of one of its Jobs updates the cache
+(cache.py) and leads to the same level-based `reconcile`, which reads only the cache; a
+periodic resync relists into the cache and reconciles whatever is unfinished. No finalizers:
+children are cleaned up by owner references, so deleting a SparsifyJob never waits for the
+operator."""
 
 from __future__ import annotations
 
@@ -14,14 +16,16 @@ from kubernetes import client, config as kube_config
 
 from . import config, metrics
 from .api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from .cache import Cache
 from .kube import Kube
-from .observe import observe
+from .observe import observe, observe_needs_pods
 from .reconcile import TERMINAL, plan
 from .status import merge_patch
 
 log = logging.getLogger("sparsify_operator")
 
 _state: dict = {}
+cache = Cache()
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
@@ -39,15 +43,18 @@ def _kube() -> Kube:
 def reconcile(namespace: str, name: str) -> None:
     kube = _kube()
     with _locks[(namespace, name)]:  # one reconcile per object at a time (events arrive on several threads)
-        sj = kube.get_sparsifyjob(namespace, name)  # fresh: the event's copy may be stale
+        sj = cache.sparsifyjob(namespace, name)
         if sj is None or sj["metadata"].get("deletionTimestamp"):
             return
-        jobs, pods = kube.children(sj)
+        jobs = cache.jobs_of(sj)
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        p = plan(sj, observe(jobs, pods), _state["config"], now)
+        p = plan(sj, observe(jobs, _finished_pods(kube, jobs)), _state["config"], now)
         created = set()
         for manifest in p.create:
-            if kube.create(manifest) and manifest["kind"] == "Job":
+            new, obj = kube.create(manifest)
+            if manifest["kind"] == "Job" and obj:
+                cache.put_job(obj)  # read-your-writes: the next reconcile sees it even before its watch event
+            if new and manifest["kind"] == "Job":
                 created.add(manifest["metadata"]["name"])
                 stage = manifest["metadata"]["labels"].get("yolo-sparsify.io/stage", "")
                 metrics.JOBS_CREATED.labels(stage).inc()
@@ -55,7 +62,7 @@ def reconcile(namespace: str, name: str) -> None:
                 kube.post_event(sj, "Normal", "JobCreated", f"created Job {manifest['metadata']['name']}")
         patch = merge_patch(sj.get("status"), p.status)
         if patch:
-            kube.patch_status(namespace, name, patch)  # the one status write of this reconcile
+            cache.put_sparsifyjob(kube.patch_status(namespace, name, patch))  # the one status write of this reconcile
         for kind, reason, message in p.events:
             if reason in ("OOMRetry", "KilledRetry") and not created:
                 continue  # the retry Job already existed: this was said before
@@ -70,6 +77,22 @@ def reconcile(namespace: str, name: str) -> None:
                 seconds = _seconds_between(st.get("startTime"), st.get("completionTime"))
                 if seconds is not None:
                     metrics.STAGE_SECONDS.labels(stage, st["phase"]).observe(seconds)
+
+
+def _finished_pods(kube: Kube, jobs: list[dict]) -> dict[str, list[dict]]:
+    """Pods matter only once their Job has finished (exit codes, termination messages); a
+    finished Job's pods no longer change, so they are read once and kept."""
+    out: dict[str, list[dict]] = {}
+    for job in jobs:
+        if not observe_needs_pods(job):
+            continue
+        uid = job["metadata"]["uid"]
+        pods = cache.finished_pods(uid)
+        if pods is None:
+            pods = kube.pods_of_job(job)
+            cache.put_finished_pods(uid, pods)
+        out[job["metadata"]["name"]] = pods
+    return out
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -99,7 +122,7 @@ def startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.scanning.disabled = True  # our resources are known: no need to watch CRDs (and no RBAC for it)
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    _kube()
+    _relist()  # the cache is complete before the first event is handled
     metrics.serve(config.metrics_port())
     threading.Thread(target=_resync_loop, name="resync", daemon=True).start()
 
@@ -110,21 +133,42 @@ def _resync_loop() -> None:
     stop = threading.Event()
     while not stop.wait(config.resync_seconds()):
         try:
-            for sj in _kube().list_sparsifyjobs(config.watched_namespaces()):
+            _relist()
+            for sj in cache.sparsifyjobs():
                 if (sj.get("status") or {}).get("phase") not in TERMINAL:
                     safe_reconcile(sj["metadata"]["namespace"], sj["metadata"]["name"])
         except Exception as e:  # noqa: BLE001
             log.warning("resync failed: %s", e)
 
 
+def _relist() -> None:
+    """Two lists (SparsifyJobs, then stage Jobs) replace the cache: whatever a watch missed."""
+    kube, namespaces = _kube(), config.watched_namespaces()
+    sparsifyjobs, rv_sj = kube.list_sparsifyjobs(namespaces)
+    jobs, rv_jobs = kube.list_stage_jobs(namespaces)
+    rvs = [int(rv) for rv in (rv_sj, rv_jobs) if rv is not None and rv.isdigit()]
+    cache.replace(sparsifyjobs, jobs, min(rvs) if len(rvs) == 2 else None)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_sparsifyjob(event: dict, namespace: str, name: str, logger: logging.Logger, **_) -> None:
     if event.get("type") == "DELETED":
+        cache.forget_sparsifyjob(namespace, name)
         metrics.observe_phase(namespace, name, None)
-    else:
-        safe_reconcile(namespace, name, logger)
+        return
+    if _plain(event.get("object")):
+        cache.put_sparsifyjob(event["object"])
+    safe_reconcile(namespace, name, logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def on_stage_job(body: kopf.Body, namespace: str, logger: logging.Logger, **_) -> None:
+def on_stage_job(event: dict, body: kopf.Body, namespace: str, logger: logging.Logger, **_) -> None:
+    if _plain(event.get("object")):
+        (cache.forget_job if event.get("type") == "DELETED" else cache.put_job)(event["object"])
     safe_reconcile(namespace, (body.metadata.labels or {}).get(LABEL_JOB), logger)
+
+
+def _plain(obj) -> bool:
+    """A well-formed object (the operator outlives odd ones: it never crashes on them)."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return isinstance(meta, dict) and isinstance(meta.get("name"), str) and isinstance(meta.get("namespace"), str)

@@ -1,4 +1,5 @@
-"""API side effects for the operator: read children, create, patch status, post events."""
+"""API side effects for the operator: list (to prime and resync the cache), read a finished
+Job's pods, create, patch status, post events."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from .api import GROUP, LABEL_JOB, MANAGED_BY, PLURAL, VERSION
+from .api import GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger("sparsify_operator")
 
@@ -35,54 +36,47 @@ class Kube:
     def _raw(resp) -> dict:
         return json.loads(resp.data)
 
-    def get_sparsifyjob(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self._raw(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+    def list_sparsifyjobs(self, namespaces: list[str]) -> tuple[list[dict], str | None]:
+        """Every SparsifyJob (in the watched namespaces) and the oldest list's resourceVersion."""
+        lists = [self._raw(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False))] if not namespaces else [
+            self._raw(self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _preload_content=False)) for ns in namespaces]
+        return _items_and_oldest_rv(lists)
 
-    def list_sparsifyjobs(self, namespaces: list[str]) -> list[dict]:
-        if not namespaces:
-            return self._raw(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False))["items"]
-        out: list[dict] = []
-        for ns in namespaces:
-            out += self._raw(self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _preload_content=False))["items"]
-        return out
+    def list_stage_jobs(self, namespaces: list[str]) -> tuple[list[dict], str | None]:
+        """Every Job this operator made (in the watched namespaces) and the oldest list's resourceVersion."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        lists = [self._raw(self.batch.list_job_for_all_namespaces(label_selector=selector, _preload_content=False))] if not namespaces else [
+            self._raw(self.batch.list_namespaced_job(ns, label_selector=selector, _preload_content=False)) for ns in namespaces]
+        return _items_and_oldest_rv(lists)
 
-    def children(self, sj: dict) -> tuple[list[dict], dict[str, list[dict]]]:
-        """The SparsifyJob's Jobs (owned by this very object, not a namesake) and their pods."""
-        ns, name, uid = sj["metadata"]["namespace"], sj["metadata"]["name"], sj["metadata"]["uid"]
-        selector = f"{LABEL_JOB}={name}"
-        jobs = self._raw(self.batch.list_namespaced_job(ns, label_selector=selector, _preload_content=False))["items"]
-        jobs = [j for j in jobs if any(o.get("uid") == uid for o in j["metadata"].get("ownerReferences") or [])]
-        pods = self._raw(self.core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False))["items"]
-        by_job: dict[str, list[dict]] = {}
-        for p in pods:
-            by_job.setdefault((p["metadata"].get("labels") or {}).get("job-name", ""), []).append(p)
-        return jobs, by_job
+    def pods_of_job(self, job: dict) -> list[dict]:
+        """The pods of this very Job (by its uid, not a namesake's)."""
+        selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        return self._raw(self.core.list_namespaced_pod(job["metadata"]["namespace"], label_selector=selector, _preload_content=False))["items"]
 
-    def create(self, manifest: dict) -> bool:
-        """True if created now, False if it already existed (a restarted operator, a race)."""
+    def create(self, manifest: dict) -> tuple[bool, dict | None]:
+        """(True, the object) if created now; (False, the existing Job) if it already existed
+        (a restarted operator, a race); (False, None) if its namespace is going away."""
         ns = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Job":
-                self.batch.create_namespaced_job(ns, manifest)
-            elif manifest["kind"] == "Service":
-                self.core.create_namespaced_service(ns, manifest)
-            else:
-                raise ValueError(f"unexpected kind {manifest['kind']}")
-            return True
+                return True, self._raw(self.batch.create_namespaced_job(ns, manifest, _preload_content=False))
+            if manifest["kind"] == "Service":
+                return True, self._raw(self.core.create_namespaced_service(ns, manifest, _preload_content=False))
+            raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:
             if e.status == 409:
-                return False
+                if manifest["kind"] == "Job":  # what we missed: the next reconcile must see it
+                    return False, self._raw(self.batch.read_namespaced_job(manifest["metadata"]["name"], ns, _preload_content=False))
+                return False, None
             if e.status == 403 and "NamespaceTerminating" in (e.body or ""):
-                return False  # the namespace (and this SparsifyJob) is going away
+                return False, None  # the namespace (and this SparsifyJob) is going away
             raise
 
-    def patch_status(self, namespace: str, name: str, patch: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
+    def patch_status(self, namespace: str, name: str, patch: dict) -> dict:
+        """Merge-patch the status subresource; the object as it is now."""
+        return self._raw(self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch},
+                                                                            _preload_content=False))
 
     def post_event(self, sj: dict, kind: str, reason: str, message: str) -> None:
         meta = sj["metadata"]
@@ -99,3 +93,12 @@ class Kube:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as e:  # events are best effort
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+
+
+def _items_and_oldest_rv(lists: list[dict]) -> tuple[list[dict], str | None]:
+    items = [item for lst in lists for item in lst["items"]]
+    rvs = [lst["metadata"].get("resourceVersion") for lst in lists]
+    try:
+        return items, str(min(int(rv) for rv in rvs))
+    except (TypeError, ValueError):
+        return items, None

@@ -121,9 +121,16 @@ def observe_attempt(job: dict, pods: list[dict]) -> Attempt:
             a.message = failed.get("message", "")
     elif (job.get("spec") or {}).get("suspend"):
         a.state = "Suspended"
-    elif int(status.get("active") or 0) > 0 and any(p.get("status", {}).get("phase") == "Running" for p in pods):
+    elif int(status.get("active") or 0) > 0 and (int(status.get("ready") or 0) > 0
+                                                  or any(p.get("status", {}).get("phase") == "Running" for p in pods)):
         a.state = "Running"
     return a
+
+
+def observe_needs_pods(job: dict) -> bool:
+    """Only a finished Job's pods add anything (exit codes, OOM, termination messages); a
+    running one shows as such in the Job's own status (`ready`)."""
+    return bool(_condition(job, "Complete") or _condition(job, "Failed"))
 
 
 def observe(jobs: list[dict], pods_by_job: dict[str, list[dict]]) -> dict[str, list[Attempt]]:

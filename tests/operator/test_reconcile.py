@@ -3,7 +3,7 @@
 import json
 
 from sparsify_operator.builders import OperatorConfig
-from sparsify_operator.observe import observe
+from sparsify_operator.observe import observe, observe_attempt, observe_needs_pods
 from sparsify_operator.reconcile import halved_batch, plan
 from sparsify_operator.status import merge_patch
 
@@ -50,6 +50,14 @@ def test_running_stage_creates_nothing():
     p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Training"
     assert p.status["stages"]["train"]["phase"] == "Running"
+
+
+def test_running_is_read_from_the_job_status_without_pods():
+    running = job("train", state="Running", batch=64)
+    assert observe_attempt({**running, "status": {**running["status"], "ready": 1}}, []).state == "Running"
+    assert observe_attempt(running, []).state == "Pending"  # active, but its pod is not up yet
+    assert not observe_needs_pods(running)
+    assert observe_needs_pods(job("train", state="Succeeded")) and observe_needs_pods(job("train", state="Failed"))
 
 
 def test_oom_retries_with_half_the_batch_then_gives_up():

@@ -1,0 +1,61 @@
+"""The operator's cache (pure): newest copy wins, own writes are seen at once, a relist drops
+what is gone but keeps what appeared after its snapshot, a namesake's Jobs are not ours."""
+
+from __future__ import annotations
+
+from sparsify_operator.api import LABEL_JOB
+from sparsify_operator.cache import Cache
+
+
+def sj(name="demo", rv=10, uid="sj-uid", phase=None):
+    return {"metadata": {"name": name, "namespace": "ml", "uid": uid, "resourceVersion": str(rv)},
+            "status": {"phase": phase} if phase else {}}
+
+
+def job(name, rv, owner="demo", owner_uid="sj-uid", uid=None):
+    return {"metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "resourceVersion": str(rv),
+                         "labels": {LABEL_JOB: owner}, "ownerReferences": [{"uid": owner_uid}]}}
+
+
+def test_an_older_copy_never_replaces_a_newer_one():
+    c = Cache()
+    c.put_sparsifyjob(sj(rv=12, phase="Training"))  # our own status patch's answer
+    c.put_sparsifyjob(sj(rv=11, phase="Validating"))  # a watch event from before it, delivered late
+    assert c.sparsifyjob("ml", "demo")["status"]["phase"] == "Training"
+    c.put_sparsifyjob(sj(rv=13, phase="Exporting"))
+    assert c.sparsifyjob("ml", "demo")["status"]["phase"] == "Exporting"
+
+
+def test_jobs_are_found_by_owner_and_a_namesakes_are_not_ours():
+    c = Cache()
+    c.put_job(job("demo-validate", 5))
+    c.put_job(job("demo-train", 6, owner_uid="old-uid"))  # left by a deleted SparsifyJob of the same name
+    c.put_job(job("other-validate", 7, owner="other"))
+    assert [j["metadata"]["name"] for j in c.jobs_of(sj())] == ["demo-validate"]
+    c.forget_job(job("demo-validate", 8))
+    assert c.jobs_of(sj()) == []
+
+
+def test_relist_forgets_what_is_gone_and_keeps_what_came_after_its_snapshot():
+    c = Cache()
+    c.put_sparsifyjob(sj("gone", rv=3, uid="g"))
+    c.put_job(job("demo-validate", 20))
+    c.put_job(job("demo-train", 31))  # created by this operator after the list was taken
+    c.put_job(job("deleted-validate", 4, owner="deleted"))
+    c.put_finished_pods("uid-deleted-validate", [{"metadata": {}}])
+    c.replace([sj(rv=25)], [job("demo-validate", 22)], snapshot_rv=30)
+    assert c.sparsifyjob("ml", "gone") is None and c.sparsifyjob("ml", "demo")["metadata"]["resourceVersion"] == "25"
+    assert sorted(j["metadata"]["name"] for j in c.jobs_of(sj())) == ["demo-train", "demo-validate"]
+    assert c.jobs_of(sj("deleted")) == [] and c.finished_pods("uid-deleted-validate") is None
+    # a relist older than what a watch already delivered does not roll it back
+    c.put_job(job("demo-validate", 40))
+    c.replace([sj(rv=25)], [job("demo-validate", 22), job("demo-train", 31)], snapshot_rv=35)
+    v = next(j for j in c.jobs_of(sj()) if j["metadata"]["name"] == "demo-validate")
+    assert v["metadata"]["resourceVersion"] == "40"
+
+
+def test_a_recreated_object_replaces_the_old_one_even_with_a_lower_version():
+    c = Cache()
+    c.put_job(job("demo-validate", 50, uid="first"))
+    c.replace([sj()], [job("demo-validate", 45, uid="second")], snapshot_rv=None)
+    assert c.jobs_of(sj())[0]["metadata"]["uid"] == "second"
