@@ -137,7 +137,8 @@ def audit_counts(audit_log: Path, since: dt.datetime, until: dt.datetime) -> tup
     """(requests by user, operator requests by 'verb resource[/sub]') received within the window."""
     by_user: collections.Counter = collections.Counter()
     operator: collections.Counter = collections.Counter()
-    for line in audit_log.read_text().splitlines():
+    lines = [line for f in sorted(audit_log.parent.glob("audit*.log")) for line in f.read_text().splitlines()]  # rotated files too
+    for line in lines:
         e = json.loads(line)
         at = dt.datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00"))
         if not since <= at <= until:

@@ -130,7 +130,8 @@ class ControlPlane:
             "rules": [{"level": "Metadata"}],
         }))
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
-                "--audit-log-mode=batch", "--audit-log-maxbackup=0"]
+                "--audit-log-mode=batch",
+                "--audit-log-maxsize=100000", "--audit-log-maxbackup=0"]  # MB: never rotate (0 would mean 100 MB)
 
     def start(self) -> "ControlPlane":
         binaries.ensure_all()

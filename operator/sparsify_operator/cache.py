@@ -37,6 +37,22 @@ def _newer_or_equal(new: dict, old: dict | None) -> bool:
     return a is None or b is None or a >= b
 
 
+def slim(obj: dict) -> dict:
+    """The object without metadata.managedFields (often half its size, never read here)."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+def slim_pod(pod: dict) -> dict:
+    """What observe() reads of a finished pod: its completion index, phase and container states."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    return {"metadata": {"name": meta.get("name"), "annotations": meta.get("annotations") or {}},
+            "status": {"phase": status.get("phase"),
+                       "containerStatuses": [{"name": c.get("name"), "state": c.get("state")} for c in status.get("containerStatuses") or []]}}
+
+
 def _owner_key(job: dict) -> Key | None:
     name = (job["metadata"].get("labels") or {}).get(LABEL_JOB)
     return (job["metadata"]["namespace"], name) if name else None
@@ -82,7 +98,7 @@ class Cache:
 
     def _put(self, store: dict, key, obj: dict) -> None:
         if _newer_or_equal(obj, store.get(key)):
-            store[key] = obj
+            store[key] = slim(obj)
 
     def forget_sparsifyjob(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -106,12 +122,12 @@ class Cache:
         except (TypeError, ValueError):
             snapshot = None
         with self._lock:
-            self._sparsifyjobs = _merged(self._sparsifyjobs, {_key(o): o for o in sparsifyjobs}, snapshot)
+            self._sparsifyjobs = _merged(self._sparsifyjobs, {_key(o): slim(o) for o in sparsifyjobs}, snapshot)
             listed: dict[Key, dict[str, dict]] = {}
             for j in jobs:
                 owner = _owner_key(j)
                 if owner:
-                    listed.setdefault(owner, {})[j["metadata"]["name"]] = j
+                    listed.setdefault(owner, {})[j["metadata"]["name"]] = slim(j)
             merged = {owner: _merged(self._jobs.get(owner, {}), listed.get(owner, {}), snapshot)
                       for owner in set(listed) | set(self._jobs)}
             self._jobs = {owner: js for owner, js in merged.items() if js}
@@ -120,7 +136,7 @@ class Cache:
 
     def put_finished_pods(self, job_uid: str, pods: list[dict]) -> None:
         with self._lock:
-            self._finished_pods[job_uid] = pods
+            self._finished_pods[job_uid] = [slim_pod(p) for p in pods]
 
     # ---- reads ----------------------------------------------------------------------------
 

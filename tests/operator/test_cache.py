@@ -59,3 +59,22 @@ def test_a_recreated_object_replaces_the_old_one_even_with_a_lower_version():
     c.put_job(job("demo-validate", 50, uid="first"))
     c.replace([sj()], [job("demo-validate", 45, uid="second")], snapshot_rv=None)
     assert c.jobs_of(sj())[0]["metadata"]["uid"] == "second"
+
+
+def test_finished_pods_are_kept_slim_but_observe_reads_the_same():
+    from sparsify_operator.observe import observe_attempt
+
+    from .factories import job as stage_job, pod
+
+    failed = stage_job("train", state="Failed", reason="PodFailurePolicy", batch=64)
+    pods = [pod("Failed", exit_code=137, reason="OOMKilled", message='{"stage": "train"}', index=0)]
+    pods[0]["metadata"]["managedFields"] = [{"manager": "kubelet"}] * 50
+    pods[0]["spec"] = {"containers": [{"name": "train", "env": [{"name": "X", "value": "y" * 1000}]}]}
+    c = Cache()
+    c.put_finished_pods("uid-train", pods)
+    kept = c.finished_pods("uid-train")
+    assert "spec" not in kept[0] and "managedFields" not in kept[0]["metadata"]
+    assert observe_attempt(failed, kept) == observe_attempt(failed, pods)
+    assert observe_attempt(failed, kept).reason == "OOMKilled"
+    c.put_job({**job("demo-train", 9), "metadata": {**job("demo-train", 9)["metadata"], "managedFields": [{}]}})
+    assert "managedFields" not in c.jobs_of(sj())[0]["metadata"]
