@@ -260,20 +260,16 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
         all_done = max(done.values()) - t0
         result = {"mode": mode, "n": n, "until": until, "createSeconds": round(created_in, 1), "allDoneSeconds": round(all_done, 1)}
 
-        def lat(store: dict[str, float]) -> dict:
-            values = [store[k] - submitted[k] for k in names if k in store]
-            return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2), "mean": round(statistics.fmean(values), 2)}
-
         if mode == "operator":
             time.sleep(5)  # let the last status writes and events land before counting
             cpu1, rss = proc_stats(op.proc.pid)
             op.stop()
-            result.update(createToValidateJob=lat(job_added["validate"]), createToTrainJob=lat(job_added["train"]),
-                          validateDoneToTrainJob=_hop(job_done["validate"], job_added["train"]),
-                          createToPhase=lat(reached), operatorCpuSeconds=round(cpu1 - cpu0, 1), operatorPeakRssMB=round(rss, 1))
+            result.update(createToValidateJob=between(submitted, job_added["validate"]), createToTrainJob=between(submitted, job_added["train"]),
+                          validateDoneToTrainJob=between(job_done["validate"], job_added["train"]),
+                          createToPhase=between(submitted, reached), operatorCpuSeconds=round(cpu1 - cpu0, 1), operatorPeakRssMB=round(rss, 1))
         else:
             time.sleep(5)
-            result.update(createToComplete=lat(job_done["validate"]))
+            result.update(createToComplete=between(submitted, job_done["validate"]))
         ended_wall = dt.datetime.now(dt.timezone.utc)
     finally:
         stop.set()
@@ -289,9 +285,11 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
     return result
 
 
-def _hop(done: dict[str, float], added: dict[str, float]) -> dict:
-    values = [added[k] - done[k] for k in done if k in added]
-    return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2)}
+def between(start: dict[str, float], end: dict[str, float]) -> dict:
+    """p50 / p99 / mean seconds from `start` to `end` over the objects that have both."""
+    values = [end[k] - t for k, t in start.items() if k in end]
+    return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2),
+            "mean": round(statistics.fmean(values), 2) if values else float("nan")}
 
 
 def report(results: list[dict]) -> None:

@@ -114,13 +114,9 @@ class Cache:
                     del self._jobs[owner]
             self._finished_pods.pop(obj["metadata"].get("uid", ""), None)
 
-    def replace(self, sparsifyjobs: list[dict], jobs: list[dict], snapshot_rv: str | int | None) -> None:
-        """A full relist taken at `snapshot_rv`: what is gone is forgotten, what is newer
-        replaces the cached copy, and what the cache learnt after the snapshot stays."""
-        try:
-            snapshot = int(snapshot_rv)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            snapshot = None
+    def replace(self, sparsifyjobs: list[dict], jobs: list[dict], snapshot: int | None) -> None:
+        """A full relist taken at resourceVersion `snapshot`: what is gone is forgotten, what is
+        newer replaces the cached copy, and what the cache learnt after the snapshot stays."""
         with self._lock:
             self._sparsifyjobs = _merged(self._sparsifyjobs, {_key(o): slim(o) for o in sparsifyjobs}, snapshot)
             listed: dict[Key, dict[str, dict]] = {}

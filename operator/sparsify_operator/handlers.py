@@ -146,8 +146,7 @@ def _relist() -> None:
     kube, namespaces = _kube(), config.watched_namespaces()
     sparsifyjobs, rv_sj = kube.list_sparsifyjobs(namespaces)
     jobs, rv_jobs = kube.list_stage_jobs(namespaces)
-    rvs = [int(rv) for rv in (rv_sj, rv_jobs) if rv is not None and rv.isdigit()]
-    cache.replace(sparsifyjobs, jobs, min(rvs) if len(rvs) == 2 else None)
+    cache.replace(sparsifyjobs, jobs, None if None in (rv_sj, rv_jobs) else min(rv_sj, rv_jobs))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -36,13 +36,13 @@ class Kube:
     def _raw(resp) -> dict:
         return json.loads(resp.data)
 
-    def list_sparsifyjobs(self, namespaces: list[str]) -> tuple[list[dict], str | None]:
+    def list_sparsifyjobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
         """Every SparsifyJob (in the watched namespaces) and the oldest list's resourceVersion."""
         lists = [self._raw(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False))] if not namespaces else [
             self._raw(self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _preload_content=False)) for ns in namespaces]
         return _items_and_oldest_rv(lists)
 
-    def list_stage_jobs(self, namespaces: list[str]) -> tuple[list[dict], str | None]:
+    def list_stage_jobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
         """Every Job this operator made (in the watched namespaces) and the oldest list's resourceVersion."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         lists = [self._raw(self.batch.list_job_for_all_namespaces(label_selector=selector, _preload_content=False))] if not namespaces else [
@@ -95,10 +95,10 @@ class Kube:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
 
 
-def _items_and_oldest_rv(lists: list[dict]) -> tuple[list[dict], str | None]:
+def _items_and_oldest_rv(lists: list[dict]) -> tuple[list[dict], int | None]:
+    """The items, and the oldest list's resourceVersion as a number (None where one is not)."""
     items = [item for lst in lists for item in lst["items"]]
-    rvs = [lst["metadata"].get("resourceVersion") for lst in lists]
     try:
-        return items, str(min(int(rv) for rv in rvs))
-    except (TypeError, ValueError):
+        return items, min(int(lst["metadata"]["resourceVersion"]) for lst in lists)
+    except (KeyError, TypeError, ValueError):
         return items, None

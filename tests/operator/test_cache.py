@@ -43,13 +43,13 @@ def test_relist_forgets_what_is_gone_and_keeps_what_came_after_its_snapshot():
     c.put_job(job("demo-train", 31))  # created by this operator after the list was taken
     c.put_job(job("deleted-validate", 4, owner="deleted"))
     c.put_finished_pods("uid-deleted-validate", [{"metadata": {}}])
-    c.replace([sj(rv=25)], [job("demo-validate", 22)], snapshot_rv=30)
+    c.replace([sj(rv=25)], [job("demo-validate", 22)], snapshot=30)
     assert c.sparsifyjob("ml", "gone") is None and c.sparsifyjob("ml", "demo")["metadata"]["resourceVersion"] == "25"
     assert sorted(j["metadata"]["name"] for j in c.jobs_of(sj())) == ["demo-train", "demo-validate"]
     assert c.jobs_of(sj("deleted")) == [] and c.finished_pods("uid-deleted-validate") is None
     # a relist older than what a watch already delivered does not roll it back
     c.put_job(job("demo-validate", 40))
-    c.replace([sj(rv=25)], [job("demo-validate", 22), job("demo-train", 31)], snapshot_rv=35)
+    c.replace([sj(rv=25)], [job("demo-validate", 22), job("demo-train", 31)], snapshot=35)
     v = next(j for j in c.jobs_of(sj()) if j["metadata"]["name"] == "demo-validate")
     assert v["metadata"]["resourceVersion"] == "40"
 
@@ -57,7 +57,7 @@ def test_relist_forgets_what_is_gone_and_keeps_what_came_after_its_snapshot():
 def test_a_recreated_object_replaces_the_old_one_even_with_a_lower_version():
     c = Cache()
     c.put_job(job("demo-validate", 50, uid="first"))
-    c.replace([sj()], [job("demo-validate", 45, uid="second")], snapshot_rv=None)
+    c.replace([sj()], [job("demo-validate", 45, uid="second")], snapshot=None)
     assert c.jobs_of(sj())[0]["metadata"]["uid"] == "second"
 
 
