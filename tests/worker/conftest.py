@@ -19,18 +19,20 @@ def dataset(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("dataset"), train=32, val=8, size=IMG, seed=1)
 
 
-def recipe(name: str) -> str:
-    from sparsify_worker.recipes import preset_path
+def recipe(name: str, layout: str | None = None, target: float | None = None) -> str:
+    """A preset as a run renders it: 'yolov5s-pruned', or ('yolov5n-transfer-pruned', 'v7.0')."""
+    from sparsify_worker.recipes import render, split_preset
 
-    return preset_path(name).read_text()
+    arch, kind = split_preset(name)
+    return render(arch, kind, layout, target)
 
 
-def weighted_target(text: str, arch: str = "yolov5s") -> float:
+def weighted_target(text: str, arch: str = "yolov5s", layout: str = "v5.0") -> float:
     """The sparsity a pruning recipe asks for over the prunable weights, weighted by size."""
     from sparsify_worker.model import build_model
     from sparsify_worker.recipes import parse_recipe_yaml, variables
 
-    sizes = {n: p.numel() for n, p in build_model(arch, 3).named_parameters()}
+    sizes = {n: p.numel() for n, p in build_model(arch, 3, "SiLU", layout).named_parameters()}
     v = variables(text)
     total = pruned = 0.0
     for mod in parse_recipe_yaml(text)["pruning_modifiers"]:
