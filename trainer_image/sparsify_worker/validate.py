@@ -1,13 +1,17 @@
-"""The cheap CPU check before GPUs are held: the recipe parses and fits the model, and the
-dataset is reachable and well-formed. All problems are reported at once, each actionable."""
+"""The cheap CPU check before GPUs are held: the starting weights are what the spec says, the
+recipe parses and fits the model, and the dataset is reachable and well-formed. All problems
+are reported at once, each actionable."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 from .data import load_data_yaml
-from .recipes import RecipeError, parse_recipe_yaml, recipe_params, recipe_target_arch
+from .model import ModelSpec
+from .recipes import RecipeError, parse_recipe_yaml, recipe_params, recipe_target_arch, rescaled_variables, variables
+from .weights import WeightsError, load_into, read_weights, resolve
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLE_IMAGES = 32
@@ -19,16 +23,26 @@ class ValidationError(ValueError):
         super().__init__("; ".join(problems))
 
 
-def check_recipe(text: str, arch: str, declared_arch: str | None, num_classes: int, activation: str = "Hardswish") -> list[str]:
+def check_recipe(text: str, model: ModelSpec, declared_arch: str | None, epochs: int | None = None) -> list[str]:
     problems: list[str] = []
     try:
-        parse_recipe_yaml(text)
+        doc = parse_recipe_yaml(text)
     except RecipeError as e:
         return [str(e)]
+    arch = model.arch
     target = declared_arch or recipe_target_arch(text)
     if target and target != arch:
         problems.append(f"the recipe is written for {target} but the model is {arch}; recipes are not interchangeable "
                         f"between model versions (use the {arch} preset or a recipe written for {arch})")
+    layout = doc.get("target_layout")
+    if layout and str(layout) != model.layout:
+        problems.append(f"the recipe is written for the {layout} layout but the model is {model.describe()}; "
+                        "its layer names do not match (use a preset, which is rendered for the model's layout)")
+    if epochs:
+        try:
+            rescaled_variables(text, epochs)
+        except RecipeError as e:
+            problems.append(f"training.epochs is set but {e}: add a num_epochs variable to the recipe or leave training.epochs unset")
     try:
         from sparseml.pytorch.optim import ScheduledModifierManager
 
@@ -39,13 +53,13 @@ def check_recipe(text: str, arch: str, declared_arch: str | None, num_classes: i
     except Exception as e:  # noqa: BLE001  (sparseml raises many kinds)
         problems.append(f"SparseML cannot load the recipe: {type(e).__name__}: {str(e)[:300]}")
         return problems
-    from .model import build_model
+    from .model import build
 
-    names = {n for n, _ in build_model(arch, max(1, num_classes), activation).named_parameters()}
+    names = {n for n, _ in build(model).named_parameters()}
     missing = [p for p in recipe_params(text) if p not in names and not p.startswith("re:") and p not in ("__ALL__", "__ALL_PRUNABLE__")]
     if missing:
-        problems.append(f"{len(missing)} parameter(s) named by the recipe do not exist in {arch}: {', '.join(missing[:5])}"
-                        + (" ..." if len(missing) > 5 else ""))
+        problems.append(f"{len(missing)} parameter(s) named by the recipe do not exist in {arch} ({model.layout} layout): "
+                        f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
     return problems
 
 
@@ -117,9 +131,52 @@ def check_dataset(root: Path) -> tuple[list[str], dict]:
     return problems, stats
 
 
-def validate(recipe_text: str, arch: str, declared_arch: str | None, dataset_root: Path, activation: str = "Hardswish") -> dict:
+def _variables_or_empty(text: str) -> dict:
+    try:
+        return variables(text)
+    except RecipeError:
+        return {}
+
+
+def validate(spec: dict, dataset_root: Path, recipe_text: Callable[[ModelSpec], str],
+             weights_path: Path | None = None, problems_found: list[str] | tuple = ()) -> dict:
+    """Every check at once: dataset, starting weights (what they are, whether they fit the
+    model the spec asks for), recipe (parses, fits the model, fits the epochs override).
+    Returns what the run will train; raises ValidationError listing every problem."""
     problems, stats = check_dataset(dataset_root)
-    problems += check_recipe(recipe_text, arch, declared_arch, stats.get("nc", 80), activation)
+    problems = [*problems_found, *problems]
+    nc = max(1, int(stats.get("nc", 80)))
+    weights = model = None
+    out: dict = {"ok": True, "dataset": stats}
+    if weights_path is not None:
+        try:
+            weights = read_weights(weights_path)
+        except WeightsError as e:
+            problems.append(str(e))
+    try:
+        model = resolve(spec["model"], nc, weights)
+    except WeightsError as e:
+        problems.append(str(e))
+    if model is not None and weights is not None:
+        from .model import build
+
+        try:
+            out["weights"] = {**load_into(build(model), weights), "description": weights.describe()}
+        except WeightsError as e:
+            problems.append(str(e))
+    if model is not None:
+        out["model"] = {"arch": model.arch, "layout": model.layout, "activation": model.activation, "nc": model.nc}
+        try:
+            text = recipe_text(model)
+        except RecipeError as e:
+            problems.append(str(e))
+        else:
+            problems += check_recipe(text, model, spec["recipe"].get("targetArch"), (spec.get("training") or {}).get("epochs"))
+            unknown = sorted(set(spec["recipe"].get("variables") or {}) - set(_variables_or_empty(text)))
+            if unknown:
+                problems.append(f"recipe.variables names {', '.join(unknown)}, which the recipe does not have "
+                                f"(it has: {', '.join(sorted(_variables_or_empty(text))) or 'none'})")
+            out["recipeParams"] = len(recipe_params(text)) if not problems else 0
     if problems:
         raise ValidationError(problems)
-    return {"ok": True, "dataset": stats, "recipeParams": len(recipe_params(recipe_text))}
+    return out
