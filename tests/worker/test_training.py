@@ -108,10 +108,10 @@ def test_prune_qat_exports_int8_onnx_that_both_engines_run_like_pytorch(resumed_
 DDP_SCRIPT = r"""
 import json, os, sys, hashlib
 from pathlib import Path
-from sparsify_worker.recipes import preset_path, rescaled_variables
+from sparsify_worker.recipes import render, rescaled_variables
 from sparsify_worker.train import TrainConfig, train
 import torch
-text = preset_path("yolov5s-pruned").read_text()
+text = render("yolov5s", "pruned")
 out = Path(sys.argv[2])
 res = train(TrainConfig(arch="yolov5s", data_dir=Path(sys.argv[1]), recipe=text, recipe_variables=rescaled_variables(text, 2),
                         out_dir=out, batch_size=16, img_size=128, workers=0))
@@ -133,3 +133,42 @@ def test_torchrun_two_gloo_ranks_train_with_the_recipe(dataset, tmp_path):
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     assert ranks[0]["digest"] == ranks[1]["digest"]  # parameters identical across ranks
     assert ranks[0]["sparsity"] == ranks[1]["sparsity"] == pytest.approx(ckpt["sparsity"], abs=1e-4)
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+PRETRAINED = SHARED / "weights" / "yolov5n-v7.0.pt"
+needs_shared_data = pytest.mark.skipif(not (PRETRAINED.exists() and (SHARED / "coco128").is_dir()),
+                                       reason=f"the shared coco128 and COCO-pretrained YOLOv5n are absent ({SHARED})")
+
+
+@needs_shared_data
+def test_sparse_transfer_from_the_real_pretrained_yolov5n_on_real_images_reaches_its_sparsity(tmp_path):
+    """Ultralytics v7.0 checkpoint -> transfer-pruned-quantized on coco128 images: the starting
+    weights' accuracy is measured first, pruning reaches the recipe's target, QAT runs, and the
+    distillation teacher (the dense start) is used when the recipe turns it on."""
+    from sparsify_worker.data import split
+    from sparsify_worker.recipes import render
+
+    data = split(SHARED / "coco128", tmp_path / "coco", 32, 16)
+    text = render("yolov5n", "transfer-pruned-quantized", "v7.0", 0.5)
+    result = train(TrainConfig(arch="yolov5n", data_dir=data, recipe=text,
+                               recipe_variables={**rescaled_variables(text, 4), "init_lr": 0.001, "distillation_weight": 1.0},
+                               out_dir=tmp_path / "out", batch_size=16, img_size=256, workers=0, weights=PRETRAINED))
+    assert result["model"] == {"arch": "yolov5n", "layout": "v7.0", "activation": "SiLU", "nc": 80}
+    assert result["startMap50"] > 0.2  # the real COCO-pretrained model, before any training
+    assert result["quantized"] and abs(result["sparsity"] - weighted_target(text, "yolov5n", "v7.0")) <= 0.02
+    assert result["bestMap50"] > 0.05
+    ckpt = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert (ckpt["layout"], ckpt["activation"]) == ("v7.0", "SiLU") and ckpt["start_map50"] == pytest.approx(result["startMap50"], abs=1e-4)
+
+
+@needs_shared_data
+def test_transfer_to_new_classes_resets_only_the_detect_head_and_distills_the_boxes(dataset, tmp_path):
+    from sparsify_worker.recipes import render
+
+    text = render("yolov5n", "transfer-pruned", "v7.0", 0.3)
+    result = train(TrainConfig(arch="yolov5n", data_dir=dataset, recipe=text,
+                               recipe_variables={**rescaled_variables(text, 2), "distillation_weight": 1.0},
+                               out_dir=tmp_path, batch_size=16, img_size=IMG, workers=0, weights=PRETRAINED))
+    assert result["model"]["nc"] == 3 and result["startMap50"] is None  # a new head has no accuracy to compare
+    assert result["epochs"] == 2 and result["sparsity"] > 0.25

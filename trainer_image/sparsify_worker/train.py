@@ -15,10 +15,11 @@ from typing import Callable
 
 from . import shims, yolo_env
 from .data import load_data_yaml
-from .model import build_model, hyperparameters, sparsity
+from .model import ModelSpec, build, hyperparameters, sparsity
+from .weights import load_into, read_weights, resolve
 
 log = logging.getLogger("sparsify_worker.train")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: layout, start_map50
 
 
 @dataclass
@@ -28,11 +29,12 @@ class TrainConfig:
     recipe: str
     out_dir: Path
     recipe_variables: dict = field(default_factory=dict)
-    activation: str = "Hardswish"
+    activation: str | None = None  # None: from the weights, else the layout's default
+    layout: str | None = None  # None: from the weights, else the arch's default
     batch_size: int = 16  # total over all ranks
     img_size: int = 640
     workers: int = 2
-    weights: Path | None = None  # starting weights (a checkpoint of this worker)
+    weights: Path | None = None  # starting weights: an Ultralytics checkpoint, a state dict or a checkpoint of this worker
     resume_from: Path | None = None  # last.pt to resume from
     amp: bool = True
     seed: int = 0
@@ -119,19 +121,21 @@ def _optimizer(model, hyp: dict):
     return opt
 
 
-def _evaluate(model, data: dict, loader, img_size: int, batch: int, save_dir: Path) -> float:
+def evaluate(model, data: dict, loader, img_size: int, batch: int, save_dir: Path) -> tuple[float, float]:
+    """(mAP@0.5, mAP@0.5:0.95) of a PyTorch model on the loader's images (YOLOv5's val)."""
     import yolov5.val as val
 
+    save_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):
         out = val.run(data=data, batch_size=batch, imgsz=img_size, model=model, dataloader=loader,
                       half=False, plots=False, save_dir=save_dir, verbose=False)
-    return float(out[0][2])  # out[0] = (P, R, mAP@0.5, mAP@0.5:0.95, losses...)
+    return float(out[0][2]), float(out[0][3])  # out[0] = (P, R, mAP@0.5, mAP@0.5:0.95, losses...)
 
 
 def load_checkpoint(path: Path) -> dict:
     import torch
 
-    ckpt = torch.load(path, map_location="cpu")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     if not isinstance(ckpt, dict) or ckpt.get("format") != "sparsify-worker" or "model" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by sparsify-worker")
     return ckpt
@@ -143,13 +147,76 @@ def structure_epoch(ckpt: dict) -> float:
     return ckpt["epoch"] + 0.999
 
 
+def checkpoint_model(ckpt: dict) -> ModelSpec:
+    return ModelSpec(ckpt["arch"], ckpt.get("layout", "v5.0"), ckpt.get("activation", "Hardswish"), int(ckpt["nc"]))
+
+
+def scaled_loss_gains(hyp: dict, nc: int, img_size: int, layers: int = 3) -> dict:
+    """YOLOv5's loss gains are tuned for 80 classes at 640 px; its train.py scales them to the
+    run's classes and image size (objectness by (img/640)^2), and so does this loop."""
+    out = dict(hyp)
+    out["box"] = hyp["box"] * 3 / layers
+    out["cls"] = hyp["cls"] * nc / 80 * 3 / layers
+    out["obj"] = hyp["obj"] * (img_size / 640) ** 2 * 3 / layers
+    return out
+
+
+def recipe_value(recipe: str, variables: dict, name: str, default):
+    """A variable of the recipe (after overrides) that this worker reads itself."""
+    from .recipes import RecipeError
+    from .recipes import variables as recipe_variables
+
+    if name in variables:
+        return variables[name]
+    try:
+        return recipe_variables(recipe).get(name, default)
+    except RecipeError:
+        return default
+
+
+def dense_teacher(spec: ModelSpec, weights, device):
+    """The dense starting model, frozen: what the sparse student's outputs are pulled towards."""
+    teacher = build(ModelSpec(spec.arch, spec.layout, spec.activation, weights.nc))  # the weights' own classes
+    load_into(teacher, weights)
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(student_out: list, teacher, imgs):
+    """Output distillation for YOLO: mean squared difference of the sigmoid outputs (box
+    offsets, objectness, class scores) of the three Detect levels. A Detect head re-initialised
+    for new classes has no teacher for its class scores: only the shared channels count."""
+    import torch
+
+    with torch.no_grad():
+        t_out = teacher(imgs)[1]  # eval mode: (decoded, raw maps); the raw maps match training outputs
+    total = 0.0
+    for s, t in zip(student_out, t_out):
+        n = s.shape[-1] if s.shape[-1] == t.shape[-1] else 5  # x, y, w, h, objectness
+        total = total + torch.nn.functional.mse_loss(s[..., :n].float().sigmoid(), t[..., :n].float().sigmoid())
+    return total
+
+
+def cuda_oom_fault() -> tuple[int, int] | None:
+    """Fault injection for tests (CPU has no CUDA memory to run out of):
+    SPARSIFY_FAULT_CUDA_OOM="STEP:BATCH" raises torch.cuda.OutOfMemoryError at training step
+    STEP (counted from this process's start) while the per-process batch exceeds BATCH."""
+    raw = os.environ.get("SPARSIFY_FAULT_CUDA_OOM")
+    if not raw:
+        return None
+    step, _, batch = raw.partition(":")
+    return int(step), int(batch or 0)
+
+
 def restore_model(ckpt: dict, epoch: float | None = None):
     """Model + its recipe manager with the checkpoint's structure (masks, QAT) re-applied
     before the weights are loaded (a QAT model's state dict only fits a QAT model)."""
     from sparseml.pytorch.optim import ScheduledModifierManager
 
     shims.apply()
-    model = build_model(ckpt["arch"], ckpt["nc"], ckpt.get("activation", "Hardswish"))
+    model = build(checkpoint_model(ckpt))
     manager = ScheduledModifierManager.from_yaml(ckpt["recipe"], recipe_variables=ckpt.get("recipe_variables") or None)
     manager.apply_structure(model, epoch=structure_epoch(ckpt) if epoch is None else epoch)
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
@@ -175,29 +242,38 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {dist_info.world} processes")
     per_rank = cfg.batch_size // dist_info.world
 
-    model = build_model(cfg.arch, data["nc"], cfg.activation)
     recipe, variables = cfg.recipe, dict(cfg.recipe_variables or {})
     ckpt = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
+    weights = read_weights(cfg.weights) if cfg.weights else None  # the start, and the distillation teacher
+    if ckpt:
+        spec = checkpoint_model(ckpt)
+    else:
+        spec = resolve({"arch": cfg.arch, "layout": cfg.layout, "activation": cfg.activation}, data["nc"], weights)
+    if spec.nc != data["nc"]:
+        raise ValueError(f"the checkpoint has {spec.nc} classes but data.yaml declares {data['nc']}")
+    model = build(spec)
     if ckpt and (ckpt["recipe"], ckpt.get("recipe_variables") or {}) != (recipe, variables):
         # a run keeps the schedule it started with: masks and QAT depend on it
         log.warning("resuming with the checkpoint's recipe schedule, not the one given now")
         recipe, variables = ckpt["recipe"], dict(ckpt.get("recipe_variables") or {})
     manager = ScheduledModifierManager.from_yaml(recipe, recipe_variables=variables or None)
     epochs = int(math.ceil(manager.max_epochs))
+    distill = float(recipe_value(recipe, variables, "distillation_weight", 0.0))
     final_structure = final_structure_epoch(manager)
     start_epoch, best_map50, ema_state, ema_updates, opt_state = 0, -1.0, None, 0, None
+    start_map50, loaded = None, None
     if ckpt:
         manager.apply_structure(model, epoch=structure_epoch(ckpt))
         model.load_state_dict(ckpt["model"])
         start_epoch, best_map50 = ckpt["epoch"] + 1, ckpt.get("best_map50", -1.0)
         ema_state, ema_updates, opt_state = ckpt.get("ema"), ckpt.get("ema_updates", 0), ckpt.get("optimizer")
+        start_map50 = ckpt.get("start_map50")
         log.info("resuming at epoch %d from %s (sparsity %.3f)", start_epoch, cfg.resume_from, sparsity(model))
-    elif cfg.weights:
-        ckpt = load_checkpoint(cfg.weights)
-        state = ckpt.get("ema") or ckpt["model"]
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("model.24.")} if ckpt["nc"] != data["nc"] else state,
-                              strict=ckpt["nc"] == data["nc"])
-    model.nc, model.names, model.hyp = data["nc"], data["names"], hyp
+    elif weights:
+        loaded = load_into(model, weights)
+        log.info("starting from %s%s", weights.describe(), " (Detect head re-initialised for the dataset's classes)"
+                 if loaded["headReset"] else "")
+    model.nc, model.names, model.hyp = data["nc"], data["names"], scaled_loss_gains(hyp, data["nc"], cfg.img_size)
     model.to(device)
 
     stride = int(max(model.stride.max(), 32))
@@ -209,6 +285,10 @@ def train(cfg: TrainConfig) -> dict:
                                        workers=cfg.workers, pad=0.5)[0] if dist_info.main else None
     if int(dataset.labels[0][:, 0].max() if len(dataset.labels) else 0) >= data["nc"]:
         raise ValueError("labels use class ids beyond data.yaml's nc")
+    if loaded and not loaded["headReset"] and dist_info.main:
+        # the dense model's accuracy on the same validation images: what sparse results are compared with
+        start_map50 = evaluate(model, data, val_loader, cfg.img_size, per_rank * 2, cfg.out_dir)[0]
+        log.info("starting weights: mAP@0.5 %.4f on the validation images", start_map50)
     steps = len(train_loader)
     optimizer = _optimizer(model, hyp)
     if opt_state:
@@ -219,6 +299,9 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = manager.modify(model, optimizer, steps_per_epoch=steps, epoch=float(start_epoch))
 
     compute_loss = ComputeLoss(model)
+    teacher = dense_teacher(spec, weights, device) if distill > 0 and weights is not None else None
+    if teacher is not None:
+        log.info("distilling from the dense starting weights (weight %.3g)", distill)
     ema = ModelEMA(model) if dist_info.main else None
     if ema and ema_state:
         with contextlib.suppress(RuntimeError):
@@ -232,15 +315,22 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     map50 = best_map50
     history = []
+    fault, step = cuda_oom_fault(), 0
     for epoch in range(start_epoch, epochs):
         t0 = time.monotonic()
         ddp.train()
         losses = []
         for imgs, targets, _, _ in train_loader:
+            step += 1
+            if fault and step >= fault[0] and per_rank > fault[1]:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SPARSIFY_FAULT_CUDA_OOM at step {step}, "
+                                                  f"batch {per_rank} per process)")
             imgs = imgs.to(device, non_blocking=True).float() / 255
             with torch.autocast(device_type=device.type, enabled=use_cuda_amp and not qat):
                 pred = ddp(imgs)
                 loss, _ = compute_loss(pred, targets.to(device))
+                if teacher is not None:
+                    loss = loss + distill * imgs.shape[0] * distillation_loss(pred, teacher, imgs)
             if dist_info.world > 1:
                 loss = loss * dist_info.world  # DDP averages gradients over ranks
             scaler.scale(loss).backward()
@@ -260,7 +350,7 @@ def train(cfg: TrainConfig) -> dict:
                 mask_like(ema.ema, model)
             losses.append(float(loss.detach()))
         if dist_info.main:
-            map50 = _evaluate(ema.ema, data, val_loader, cfg.img_size, per_rank * 2, out)
+            map50, map50_95 = evaluate(ema.ema, data, val_loader, cfg.img_size, per_rank * 2, out)
             # best.pt only from epochs with the final structure (pruned, quantized): an early dense
             # epoch with a lucky mAP is not what the recipe asked for
             eligible = epoch + 1 > final_structure  # a change at t=3.0 happens in epoch 3, not 2
@@ -268,11 +358,11 @@ def train(cfg: TrainConfig) -> dict:
             if eligible:
                 best_map50 = max(best_map50, map50)
             ckpt = {
-                "format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": epoch, "arch": cfg.arch,
-                "activation": cfg.activation, "nc": data["nc"], "names": data["names"], "recipe": recipe,
+                "format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": epoch, "arch": spec.arch,
+                "layout": spec.layout, "activation": spec.activation, "nc": data["nc"], "names": data["names"], "recipe": recipe,
                 "recipe_variables": variables, "model": model.state_dict(), "ema": ema.ema.state_dict(),
                 "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "map50": map50, "best_map50": best_map50,
-                "batch_size": cfg.batch_size, "img_size": cfg.img_size, "quantized": qat, "sparsity": sparsity(model),
+                "start_map50": start_map50, "batch_size": cfg.batch_size, "img_size": cfg.img_size, "quantized": qat, "sparsity": sparsity(model),
             }
             last = out / "last.pt"
             torch.save(ckpt, out / ".last.pt.tmp")
@@ -283,7 +373,7 @@ def train(cfg: TrainConfig) -> dict:
                 torch.save(ckpt, out / ".best.pt.tmp")
                 os.replace(out / ".best.pt.tmp", best)
             entry = {"epoch": epoch, "loss": round(sum(losses) / max(1, len(losses)), 4), "map50": round(map50, 4),
-                     "sparsity": round(sparsity(model), 4), "qat": qat, "seconds": round(time.monotonic() - t0, 1)}
+                     "map50_95": round(map50_95, 4), "sparsity": round(sparsity(model), 4), "qat": qat, "amp": scaler.is_enabled(), "seconds": round(time.monotonic() - t0, 1)}
             history.append(entry)
             log.info("epoch %d/%d %s", epoch + 1, epochs, entry)
             print(f"epoch {epoch + 1}/{epochs} {entry}", flush=True)
@@ -297,6 +387,8 @@ def train(cfg: TrainConfig) -> dict:
     if dist_info.world > 1:
         dist.destroy_process_group()
     return {"epochs": epochs, "startEpoch": start_epoch, "bestMap50": round(max(best_map50, 0.0), 4),
+            "startMap50": None if start_map50 is None else round(start_map50, 4),
+            "model": {"arch": spec.arch, "layout": spec.layout, "activation": spec.activation, "nc": spec.nc},
             "lastMap50": round(max(map50, 0.0), 4), "sparsity": round(final_sparsity, 4), "quantized": qat,
             "batchSize": cfg.batch_size, "world": dist_info.world, "rank": dist_info.rank, "weightsDigest": digest,
             "history": history}
