@@ -4,6 +4,7 @@ one JSON summary in the termination message out) without the ML stack.
 Behaviour comes from the SparsifyJob's spec.env:
   STANDIN_FAIL_STAGE=export        exit 2 in that stage with an error summary
   STANDIN_OOM_ABOVE_BATCH=16       in train, exit 137 while SPARSIFY_BATCH_SIZE > 16
+  STANDIN_GPU_OOM_ABOVE_BATCH=16   in train, exit 75 (the worker's CUDA OOM) while SPARSIFY_BATCH_SIZE > 16
   STANDIN_TRAIN_SECONDS=20         make train take that long (to kill/restart things meanwhile)
 """
 
@@ -22,6 +23,9 @@ def finish(summary: dict, code: int = 0) -> None:
 
 def main() -> None:
     stage = sys.argv[1]
+    if stage == "supervise":  # the real supervisor maps outcomes to exit codes; the stand-ins exit with them
+        command = sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:]
+        os.execvp(command[0], command)
     out = os.environ["SPARSIFY_OUTPUT_URI"]
     inputs = json.loads(os.environ.get("SPARSIFY_INPUTS", "{}"))
     spec = json.loads(os.environ["SPARSIFY_SPEC"])
@@ -34,8 +38,11 @@ def main() -> None:
         batch = int(os.environ["SPARSIFY_BATCH_SIZE"])
         limit = os.environ.get("STANDIN_OOM_ABOVE_BATCH")
         if limit and batch > int(limit):
-            print(f"CUDA out of memory at batch size {batch}", flush=True)
+            print(f"killed at batch size {batch}", flush=True)
             os._exit(137)
+        gpu_limit = os.environ.get("STANDIN_GPU_OOM_ABOVE_BATCH")
+        if gpu_limit and batch > int(gpu_limit):
+            finish({"stage": stage, "error": f"OutOfMemoryError: CUDA out of memory at batch size {batch}", "reason": "GPUOutOfMemory"}, 75)
         time.sleep(float(os.environ.get("STANDIN_TRAIN_SECONDS", "0")))
         launcher = json.loads(os.environ.get("STANDIN_LAUNCHER", "{}"))
         finish({"stage": stage, "epochs": spec["training"].get("epochs", 3), "bestMap50": 0.5123, "sparsity": 0.75,

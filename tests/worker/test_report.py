@@ -32,7 +32,18 @@ def test_results_document_and_report():
     doc = results_document(SPEC, {**INPUTS, "benchmark": RESULT}, "s3://m/run", "demo")
     assert doc["recipe"] == "yolov5s-pruned-quantized" and doc["throughput"] == {"deepsparse": 40.0, "onnxruntime": 20.0}
     assert doc["seed"] == {"map50": 0.525, "sizeMB": 3.3, "deepsparseImagesPerSecond": 396.7}
-    assert "| yolov5s | yolov5s-pruned-quantized | 0.41 | 74.0% | 2.3 MB | 40.0 | 20.0 |" in full_markdown(doc)
+    assert "| yolov5s-pruned-quantized | 0.410 | 74.0% | 2.3 MB | 40.0 | 20.0 |" in full_markdown(doc)
+
+
+def test_report_has_the_dense_row_the_measured_speedup_and_the_verdicts():
+    bench = {**RESULT, "speedup": 2.4, "speedupRange": [2.2, 2.6],
+             "dense": {"map50": 0.5, "sizeGzipBytes": 26_900_000, "imagesPerSecond": {"deepsparse": 16.0, "onnxruntime": 10.0}},
+             "verdicts": [{"type": "AccuracyRetained", "ok": False, "reason": "AccuracyDrop", "message": "82% retained"}]}
+    doc = results_document(SPEC, {**INPUTS, "benchmark": bench}, "s3://m/run", "demo")
+    md = full_markdown(doc)
+    assert "| dense (starting weights) | 0.500 | 0.0% | 26.9 MB | 16.0 | 10.0 |" in md
+    assert "**2.40x** (median of interleaved rounds, spread 2.20-2.60x)" in md
+    assert "Accuracy retained: **82.0%**" in md and "NOT OK: AccuracyRetained (AccuracyDrop): 82% retained" in md
 
 
 def test_summary_always_fits_and_stays_json(tmp_path, monkeypatch):

@@ -115,3 +115,37 @@ def test_a_killed_training_process_resumes_from_its_checkpoint_in_s3(s3_endpoint
     assert code == 0, log
     assert summary["resumed"] is True and 1 <= summary["startEpoch"] <= 3 and summary["epochs"] == 4
     assert summary["quantized"] is True and summary["history"][-1]["epoch"] == 3
+
+
+def test_a_cuda_oom_under_torchrun_reaches_the_pod_as_exit_75(s3_endpoint, uploaded_dataset, tmp_path):
+    """torchrun exits 1 whatever its workers did; the supervisor reads how each process ended and
+    gives the pod the exit code the Job's podFailurePolicy acts on (75: CUDA OOM)."""
+    env = {**stage_env("train", SPEC, {}, s3_endpoint, tmp_path, "cudaoom"), "SPARSIFY_FAULT_CUDA_OOM": "1:8", "OMP_NUM_THREADS": "1"}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    worker = str(Path(sys.executable).parent / "sparsify-worker")
+    proc = subprocess.run([*WORKER, "supervise", "--", torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=1", "--no-python",
+                           worker, "train"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "train.termination").read_text())
+    assert summary["reason"] == "GPUOutOfMemory" and "CUDA out of memory" in summary["error"]
+
+
+SUPERVISED = r"""
+import json, os, pathlib, signal, sys
+d = pathlib.Path(os.environ["SPARSIFY_OUTCOME_DIR"])
+(d / "started-0").touch()
+how = sys.argv[1]
+if how == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+(d / "outcome-0.json").write_text(json.dumps({"ok": how == "ok", "gpuOom": how == "oom"}))
+sys.exit(0 if how == "ok" else 1)
+"""
+
+
+@pytest.mark.parametrize("how,code", [("ok", 0), ("oom", 75), ("killed", 137), ("error", 1)])
+def test_the_supervisor_maps_how_its_processes_ended_to_the_pods_exit_code(tmp_path, how, code):
+    script = tmp_path / "rank.py"
+    script.write_text(SUPERVISED)
+    proc = subprocess.run([*WORKER, "supervise", "--", sys.executable, str(script), how], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == code, proc.stderr[-2000:]

@@ -15,10 +15,13 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from .s3 import S3Uri, Store
+from .model import ModelSpec
+from .s3 import S3Error, S3Uri, Store
 
 log = logging.getLogger("sparsify_worker")
 SUMMARY_LIMIT = 3500  # the termination message holds 4 KiB
+EXIT_GPU_OOM = 75  # a CUDA out-of-memory error: the operator resumes with half the batch (its api.EXIT_GPU_OOM)
+EXIT_KILLED = 137  # a training process died without a word (SIGKILL: the kernel's OOM killer, a node agent)
 
 
 class Stage:
@@ -39,21 +42,32 @@ class Stage:
             self._store = Store()
         return self._store
 
-    def recipe_text(self) -> str:
-        from .recipes import preset_name, preset_path
+    def recipe_text(self, model: ModelSpec) -> str:
+        """The spec's recipe; a preset is rendered for the resolved model (its layout)."""
+        from .recipes import render
 
         r = self.spec["recipe"]
         if r.get("preset"):
-            return preset_path(preset_name(self.spec["model"]["arch"], r["preset"])).read_text()
+            return render(model.arch, r["preset"], model.layout, r.get("targetSparsity"))
         if r.get("inline"):
             return r["inline"]
         return self.store.download(r["uri"], self.work / "recipe.yaml").read_text()
 
     def recipe_variables(self, text: str) -> dict:
+        """The epochs override (the schedule rescaled), then the spec's own variable overrides."""
         from .recipes import rescaled_variables
 
         epochs = self.spec.get("training", {}).get("epochs")
-        return rescaled_variables(text, int(epochs)) if epochs else {}
+        out = rescaled_variables(text, int(epochs)) if epochs else {}
+        return {**out, **{k: float(v) for k, v in (self.spec["recipe"].get("variables") or {}).items()}}
+
+    def weights_path(self) -> Path | None:
+        """The spec's starting weights, downloaded once per process."""
+        uri = self.spec["model"].get("weights")
+        if not uri:
+            return None
+        path = self.work / f"weights-{os.environ.get('RANK', '0')}" / "weights.pt"
+        return path if path.exists() else self.store.download(uri, path)
 
     def stage_dataset(self) -> Path:
         """Each node's first process downloads; the others wait for its marker."""
@@ -104,8 +118,12 @@ def run_validate(st: Stage) -> dict:
     base = uri.key.rstrip("/") + "/" if uri.key else ""
     for obj in _sample_pairs([o.key[len(base):] for o in objects]):
         st.store.download(uri.join(obj), root / obj)
-    result = validate(st.recipe_text(), st.spec["model"]["arch"], st.spec["recipe"].get("targetArch"), root,
-                      st.spec["model"].get("activation", "Hardswish"))
+    problems = []
+    try:
+        weights = st.weights_path()
+    except S3Error as e:
+        weights, problems = None, [f"model.weights {st.spec['model']['weights']} cannot be read: {e}"]
+    result = validate(st.spec, root, st.recipe_text, weights, problems)
     return {"stage": "validate", **result, "objects": len(objects)}
 
 
@@ -128,18 +146,24 @@ def _sample_pairs(keys: list[str], per_split: int = 16) -> list[str]:
 
 
 def run_train(st: Stage) -> dict:
-    from .train import TrainConfig, train
+    from .data import load_data_yaml
+    from .train import TrainConfig, checkpoint_model, load_checkpoint, train
+    from .weights import read_weights, resolve
 
     tr = st.spec["training"]
     rank = int(os.environ.get("RANK", "0"))
-    text = st.recipe_text()
     ckpts = st.out.join("checkpoints")
+    data_dir = st.stage_dataset()
     resume = None
+    weights = st.weights_path()  # the starting point, and the teacher when the recipe distills
     if st.store.exists(ckpts.join("last.pt")):
         resume = st.store.download(ckpts.join("last.pt"), st.work / f"resume-{rank}" / "last.pt")
-    weights = None
-    if st.spec["model"].get("weights") and resume is None:
-        weights = st.store.download(st.spec["model"]["weights"], st.work / f"weights-{rank}" / "weights.pt")
+        model = checkpoint_model(load_checkpoint(resume))  # the run keeps the model it started with
+    else:
+        model = resolve(st.spec["model"], load_data_yaml(data_dir)["nc"], read_weights(weights) if weights else None)
+    text = st.recipe_text(model)
+    if rank == 0 and resume is None:
+        st.store.put_bytes(text.encode(), st.out.join("recipe.yaml"), "application/yaml")  # what this run trains with
 
     def publish_checkpoint(epoch: int, last: Path, best: Path | None) -> None:
         if best is not None:
@@ -147,8 +171,8 @@ def run_train(st: Stage) -> dict:
         st.store.upload(last, ckpts.join("last.pt"))  # last: a resume always finds a complete best.pt
 
     cfg = TrainConfig(
-        arch=st.spec["model"]["arch"], activation=st.spec["model"].get("activation", "Hardswish"),
-        data_dir=st.stage_dataset(), recipe=text, recipe_variables=st.recipe_variables(text),
+        arch=model.arch, layout=model.layout, activation=model.activation,
+        data_dir=data_dir, recipe=text, recipe_variables=st.recipe_variables(text),
         out_dir=st.work / "train", batch_size=int(os.environ.get("SPARSIFY_BATCH_SIZE") or tr.get("batchSize", 16)),
         img_size=int(tr.get("imgSize", 640)), workers=min(4, os.cpu_count() or 1), weights=weights, resume_from=resume,
         on_checkpoint=publish_checkpoint,
@@ -156,7 +180,7 @@ def run_train(st: Stage) -> dict:
     result = train(cfg)
     if rank != 0:
         sys.exit(0)  # rank 0 reports for the pod
-    return {"stage": "train", **result, "resumed": resume is not None,
+    return {"stage": "train", **result, "resumed": resume is not None, "recipeUri": str(st.out.join("recipe.yaml")),
             "checkpoint": str(ckpts.join("best.pt")), "lastCheckpoint": str(ckpts.join("last.pt")),
             "history": result["history"][-3:]}
 
@@ -175,16 +199,20 @@ def run_export(st: Stage) -> dict:
 
 def run_benchmark(st: Stage) -> dict:
     from .benchmark import benchmark
+    from .onnx_stats import op_types
     from .report import benchmark_markdown
 
     onnx_uri = st.inputs.get("export", {}).get("onnx") or str(st.out.join("model.onnx"))
     local = st.store.download(onnx_uri, st.work / "bench" / "model.onnx")
     b = st.spec.get("benchmark", {})
+    dense = dense_reference(st, local) if b.get("compareDense", True) else None
     result = benchmark(local, list(b.get("engines", ["deepsparse", "onnxruntime"])), int(b.get("batchSize", 64)),
-                       b.get("cores"), b.get("scenario", "sync"), int(b.get("durationSeconds", 30)))
+                       b.get("cores"), b.get("scenario", "sync"), int(b.get("durationSeconds", 30)), int(b.get("rounds", 3)),
+                       Path(dense.pop("onnxPath")) if dense else None)
     result["node"] = os.environ.get("NODE_NAME", "")
-    if b.get("compareDense", True):
-        result["dense"] = dense_reference(st, local, b)
+    if dense:
+        result["dense"] = {**dense, "engines": result.pop("denseEngines")}
+    result["verdicts"] = judge(result, st.inputs, op_types(local))
     try:
         from .report import accuracy_vs_throughput_plot
 
@@ -199,39 +227,65 @@ def run_benchmark(st: Stage) -> dict:
         raise RuntimeError("; ".join(result["engines"][e]["error"] for e in failed))
     summary = {"stage": "benchmark", **result, "report": report, "details": str(st.out.join("benchmark.json"))}
     if "dense" in result:  # the termination message stays small: the full record is benchmark.json
-        summary["dense"] = {"map50": result["dense"]["map50"], "imagesPerSecond": {
-            e: r.get("imagesPerSecond") for e, r in result["dense"]["engines"].items()}}
+        summary["dense"] = {"map50": result["dense"]["map50"], "sizeGzipBytes": result["dense"]["sizeGzipBytes"],
+                            "imagesPerSecond": {e: r.get("imagesPerSecond") for e, r in result["dense"]["engines"].items()}}
     return summary
 
 
-def dense_reference(st: Stage, sparse_onnx: Path, b: dict) -> dict:
+def judge(result: dict, inputs: dict, ops: set[str]) -> list[dict]:
+    """The verdicts on this run's result: natively run, faster than dense, accuracy retained."""
+    from . import verdicts
+
+    out = [verdicts.native(result.get("nativeFraction"), ops, result.get("cpu"))]
+    dense = result.get("dense") or {}
+    sparse_ds = result["engines"].get("deepsparse", {}).get("imagesPerSecond")
+    fast = verdicts.speed(sparse_ds, {e: r.get("imagesPerSecond") for e, r in (dense.get("engines") or {}).items()}, result.get("cpu"),
+                          result.get("speedupRounds"))
+    if fast:
+        out.append(fast)
+    if dense:
+        out.append(verdicts.accuracy(inputs.get("train", {}).get("bestMap50"), dense.get("map50"), dense.get("source", "")))
+    return out
+
+
+def dense_reference(st: Stage, sparse_onnx: Path) -> dict:
     """The dense model of the same architecture (the starting weights when the spec has them),
-    exported and benchmarked on the same node: the other end of the comparison."""
+    exported for the same input: the other end of the comparison, benchmarked in the same
+    rounds. Its accuracy is the starting weights' mAP on the run's validation images, measured
+    by train."""
     import onnx
 
-    from .benchmark import benchmark
     from .export import dense_checkpoint, export
-    from .train import load_checkpoint
+    from .weights import load_into, read_weights
 
-    nc = st.inputs.get("export", {}).get("numClasses")
+    exported = st.inputs.get("export", {})
+    nc = exported.get("numClasses")
     if not nc:  # older export summary: the last output dim is 5 + classes when it is static
         out_dim = onnx.load(str(sparse_onnx), load_external_data=False).graph.output[0].type.tensor_type.shape.dim[-1].dim_value
         nc = int(out_dim) - 5
     if nc < 1:
         raise ValueError("cannot tell the number of classes of the model for the dense reference")
-    weights, map50, source = None, None, "untrained (the run had no starting weights)"
+    m = exported.get("model") or {}
+    spec = ModelSpec(m.get("arch", st.spec["model"]["arch"]), m.get("layout", "v5.0"), m.get("activation", "Hardswish"), int(nc))
+    state, map50, source = None, None, "untrained (the run had no starting weights): its accuracy is not comparable"
     if st.spec["model"].get("weights"):
-        ckpt = load_checkpoint(st.store.download(st.spec["model"]["weights"], st.work / "bench" / "dense-weights.pt"))
-        if ckpt["nc"] == nc:
-            weights, map50, source = ckpt.get("ema") or ckpt["model"], ckpt.get("best_map50"), st.spec["model"]["weights"]
-    ckpt_path = dense_checkpoint(st.spec["model"]["arch"], nc, st.spec["model"].get("activation", "Hardswish"),
-                                 st.work / "bench" / "dense.pt", weights, map50)
+        from .model import build
+
+        weights = read_weights(st.weights_path())
+        model = build(spec)
+        loaded = load_into(model, weights)
+        state = model.state_dict()
+        source = f"the starting weights {st.spec['model']['weights']}"
+        if loaded["headReset"]:
+            source += " (Detect head re-initialised for the dataset's classes: accuracy not comparable)"
+        else:
+            map50 = st.inputs.get("train", {}).get("startMap50")
+    ckpt_path = dense_checkpoint(spec, st.work / "bench" / "dense.pt", state, map50)
     ex = st.spec.get("export", {})
-    info = export(ckpt_path, st.work / "bench" / "dense", int(ex.get("imgSize", 640)), int(ex.get("opset", 13)))
-    res = benchmark(Path(info["onnxPath"]), list(b.get("engines", ["deepsparse", "onnxruntime"])), int(b.get("batchSize", 64)),
-                    b.get("cores"), b.get("scenario", "sync"), int(b.get("durationSeconds", 30)))
+    info = export(ckpt_path, st.work / "bench" / "dense", int(exported.get("imgSize") or ex.get("imgSize", 640)),
+                  int(exported.get("opset") or ex.get("opset", 13)))
     return {"source": source, "map50": map50, "sizeBytes": info["sizeBytes"], "sizeGzipBytes": info["sizeGzipBytes"],
-            "engines": res["engines"]}
+            "onnxPath": info["onnxPath"]}
 
 
 def run_publish(st: Stage) -> dict:
@@ -249,9 +303,12 @@ STAGES = {"validate": run_validate, "train": run_train, "export": run_export, "b
 
 
 def make_dataset(args) -> int:
-    from .data import generate
+    from .data import generate, split
 
-    root = generate(Path(args.out), train=args.train, val=args.val, size=args.size, seed=args.seed)
+    if args.source:
+        root = split(args.source, Path(args.out), args.train, args.val)
+    else:
+        root = generate(Path(args.out), train=args.train, val=args.val, size=args.size, seed=args.seed)
     if args.upload:
         store = Store()
         dest = S3Uri.parse(args.upload)
@@ -259,6 +316,52 @@ def make_dataset(args) -> int:
             store.upload(f, dest.join(str(f.relative_to(root))))
         print(f"uploaded {root} to {dest}")
     return 0
+
+
+def is_gpu_oom(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch) and isinstance(e, torch.cuda.OutOfMemoryError)
+
+
+def _outcome_dir() -> Path | None:
+    raw = os.environ.get("SPARSIFY_OUTCOME_DIR")
+    return Path(raw) if raw else None
+
+
+def _report_outcome(outcome: dict) -> None:
+    """Each training process tells the supervisor how it ended (torchrun's exit code cannot)."""
+    d = _outcome_dir()
+    if d:
+        (d / f"outcome-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(outcome))
+
+
+def supervise(command: list[str]) -> int:
+    """Run the launcher (torchrun) and turn what happened to its processes into the pod's exit
+    code: torchrun exits 1 for any failure, but the Job's podFailurePolicy must tell a CUDA OOM
+    (75: resume with half the batch) and a killed process (137: resume) from a bug (fail)."""
+    import shutil
+    import signal
+    import subprocess
+
+    if not command:
+        print("supervise needs a command after --", file=sys.stderr)
+        return 2
+    outcomes = Path(tempfile.gettempdir()) / "sparsify-outcomes"
+    shutil.rmtree(outcomes, ignore_errors=True)
+    outcomes.mkdir(parents=True)
+    proc = subprocess.Popen(command, env={**os.environ, "SPARSIFY_OUTCOME_DIR": str(outcomes)})
+    for sig in (signal.SIGTERM, signal.SIGINT):  # graceful deletion reaches torchrun and its workers
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    code = proc.wait()
+    started = {p.name.removeprefix("started-") for p in outcomes.glob("started-*")}
+    reported = {p.name.removeprefix("outcome-").removesuffix(".json"): json.loads(p.read_text()) for p in outcomes.glob("outcome-*.json")}
+    if any(o.get("gpuOom") for o in reported.values()):
+        log.error("a training process ran out of GPU memory: exit %d", EXIT_GPU_OOM)
+        return EXIT_GPU_OOM
+    if code != 0 and started - set(reported):
+        log.error("training process(es) %s ended without a word (killed): exit %d", sorted(started - set(reported)), EXIT_KILLED)
+        return EXIT_KILLED
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,20 +376,44 @@ def main(argv: list[str] | None = None) -> int:
     md.add_argument("--size", type=int, default=160)
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--upload", help="s3://bucket/prefix to upload it to")
+    md.add_argument("--from", dest="source", type=Path,
+                    help="split this YOLO dataset (e.g. coco128) instead of generating one: the first --train images train, the next --val validate")
+    sup = sub.add_parser("supervise", help="run the training launcher (torchrun ... -- sparsify-worker train) and map its outcome to an exit code")
+    sup.add_argument("launcher", nargs=argparse.REMAINDER)
+    rec = sub.add_parser("recipe", help="print a preset recipe as a run would use it")
+    rec.add_argument("--arch", required=True)
+    rec.add_argument("--layout", default=None)
+    rec.add_argument("--preset", required=True)
+    rec.add_argument("--target-sparsity", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.stage == "make-dataset":
         return make_dataset(args)
+    if args.stage == "supervise":
+        return supervise(args.launcher[1:] if args.launcher[:1] == ["--"] else args.launcher)
+    if args.stage == "recipe":
+        from .recipes import render
+
+        print(render(args.arch, args.preset, args.layout, args.target_sparsity), end="")
+        return 0
     os.chdir(tempfile.gettempdir())  # sparseml writes logs to the working directory
+    if args.stage == "train" and _outcome_dir():
+        (_outcome_dir() / f"started-{os.environ.get('RANK', '0')}").touch()
     try:
         summary = STAGES[args.stage](Stage(args.stage))
-    except SystemExit:
+    except SystemExit as e:
+        if e.code in (0, None):
+            _report_outcome({"ok": True})
         raise
     except Exception as e:  # noqa: BLE001  (every failure becomes a readable summary)
         traceback.print_exc()
+        gpu_oom = is_gpu_oom(e)
         problems = getattr(e, "problems", None)
-        write_summary({"stage": args.stage, "error": f"{type(e).__name__}: {e}", **({"problems": problems} if problems else {})})
-        return 1
+        _report_outcome({"error": f"{type(e).__name__}: {e}"[:400], "gpuOom": gpu_oom})
+        write_summary({"stage": args.stage, "error": f"{type(e).__name__}: {e}", **({"reason": "GPUOutOfMemory"} if gpu_oom else {}),
+                       **({"problems": problems} if problems else {})})
+        return EXIT_GPU_OOM if gpu_oom else 1
+    _report_outcome({"ok": True})
     write_summary(summary)
     return 0
 

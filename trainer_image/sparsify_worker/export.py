@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from . import shims, yolo_env
+from .model import ModelSpec
 from .onnx_stats import sizes, weight_sparsity
 from .train import is_quantized, load_checkpoint, restore_model
 
@@ -19,25 +20,45 @@ MIN_QAT_OPSET = 13  # sparseml refuses convert_qat below 13
 TOLERANCE = {"fp32": 1e-3, "int8": 0.08}
 
 
-def dense_checkpoint(arch: str, num_classes: int, activation: str, path: Path, weights: dict | None = None,
-                     map50: float | None = None) -> Path:
-    """A checkpoint of the dense model (starting weights, or untrained when none): the
+def dense_checkpoint(model_spec: ModelSpec, path: Path, state: dict | None = None, map50: float | None = None) -> Path:
+    """A checkpoint of the dense model (the starting weights, or untrained when none): the
     reference that sparse results are compared with."""
     import torch
 
-    from .model import build_model
-    from .recipes import preset_path
+    from .model import build
+    from .recipes import render
     from .train import CHECKPOINT_VERSION
 
-    model = build_model(arch, num_classes, activation)
-    if weights:
-        model.load_state_dict(weights)
+    model = build(model_spec)
+    if state:
+        model.load_state_dict(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": 0, "arch": arch, "activation": activation,
-                "nc": num_classes, "names": [str(i) for i in range(num_classes)], "recipe": preset_path(f"{arch}-baseline").read_text(),
-                "recipe_variables": {}, "model": model.state_dict(), "ema": None, "sparsity": 0.0,
-                "best_map50": map50}, path)
+    torch.save({"format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": 0, "arch": model_spec.arch,
+                "layout": model_spec.layout, "activation": model_spec.activation, "nc": model_spec.nc,
+                "names": [str(i) for i in range(model_spec.nc)], "recipe": render(model_spec.arch, "baseline", model_spec.layout),
+                "recipe_variables": {}, "model": model.state_dict(), "ema": None, "sparsity": 0.0, "best_map50": map50}, path)
     return path
+
+
+def _hardswish_as_clip(self, x):
+    return x * (x + 3.0).clamp(0.0, 6.0) / 6.0
+
+
+def export_friendly_activations(model) -> int:
+    """Hardswish written as x * clip(x + 3, 0, 6) / 6 (as Ultralytics' v5.0 export did):
+    torch exports nn.Hardswish as HardSigmoid (opset 13) or HardSwish (14), which DeepSparse
+    1.8 runs outside its own kernels (73% of yolov5s, 0% at opset 14); the Clip form runs
+    100% natively. Same numbers; only the forward is replaced, so QAT observers stay."""
+    import types
+
+    import torch
+
+    count = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Hardswish):
+            m.forward = types.MethodType(_hardswish_as_clip, m)
+            count += 1
+    return count
 
 
 def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13, dynamic_batch: bool = True,
@@ -51,6 +72,7 @@ def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13
     shims.apply()
     ckpt = load_checkpoint(checkpoint)
     model, _ = restore_model(ckpt)
+    export_friendly_activations(model)
     quantized = is_quantized(model)
     if quantized and opset < MIN_QAT_OPSET:
         raise ValueError(f"opset {opset} cannot express the quantized model; use opset >= {MIN_QAT_OPSET}")
@@ -86,4 +108,5 @@ def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13
         "checkpointSparsity": round(float(ckpt.get("sparsity", 0.0)), 4), "dynamicBatch": dynamic_batch,
         "maxDiff": {"probabilities": round(prob_diff, 5), "boxes": round(box_diff, 5), "tolerance": TOLERANCE[kind]},
         "map50": ckpt.get("best_map50"), "imgSize": img_size, "numClasses": ckpt["nc"],
+        "model": {"arch": ckpt["arch"], "layout": ckpt.get("layout", "v5.0"), "activation": ckpt.get("activation", "Hardswish")},
     }

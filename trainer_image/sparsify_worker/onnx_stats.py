@@ -17,6 +17,12 @@ def sizes(path: Path) -> tuple[int, int]:
     return raw, size
 
 
+def op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+
 def weight_sparsity(path: Path) -> tuple[float, int]:
     """Zero fraction over conv weights (the first conv excluded, as in training); for INT8
     weights a "zero" is the zero point. Returns (sparsity, number of quantized convs)."""
