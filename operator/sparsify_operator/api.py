@@ -23,5 +23,10 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 ANNOTATION_BATCH_SIZE = f"{GROUP}/batch-size"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
+# The worker's exit code for a GPU (CUDA) out-of-memory error: like a kernel OOM kill (137) it
+# fails the training attempt at once and the next one resumes with half the batch size.
+EXIT_GPU_OOM = 75
+EXIT_KILLED = 137  # SIGKILL: the kernel's OOM killer, or anything else that kills
+
 GPU_RESOURCE = "nvidia.com/gpu"
 RENDEZVOUS_PORT = 29500

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 
 from .api import (
-    ANNOTATION_BATCH_SIZE, API_VERSION, GPU_RESOURCE, KIND, KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB,
+    ANNOTATION_BATCH_SIZE, API_VERSION, EXIT_GPU_OOM, EXIT_KILLED, GPU_RESOURCE, KIND, KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB,
     LABEL_MANAGED_BY, LABEL_STAGE, MANAGED_BY, RENDEZVOUS_PORT,
 )
 from .spec import output_uri, recipe_name
@@ -102,7 +102,10 @@ def train_command(sj: dict, spec: dict, attempt: int, config: OperatorConfig) ->
         host = f"{job_name(name, 'train', attempt)}-0.{rendezvous_service_name(name)}.{ns}.svc.cluster.local"
         cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={host}:{RENDEZVOUS_PORT}",
                 f"--rdzv_id={sj['metadata']['uid']}-{attempt}", "--max_restarts=0"]
-    return [*cmd, "--no-python", *config.worker_command, "train"]
+    # The worker's supervisor runs torchrun and turns what happened to its processes into the
+    # pod's exit code (torchrun itself exits 1 for any failure): 75 for a CUDA OOM, 137 for a
+    # killed process, so the podFailurePolicy below can act on them.
+    return [*config.worker_command, "supervise", "--", *cmd, "--no-python", *config.worker_command, "train"]
 
 
 def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: OperatorConfig,
@@ -165,10 +168,10 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
             pod_spec["nodeSelector"] = dict(selector)
         if tr.get("activeDeadlineSeconds"):
             job_spec["activeDeadlineSeconds"] = int(tr["activeDeadlineSeconds"])
-        # OOM fails the attempt at once: the operator resumes it with half the batch size.
-        # Node loss or preemption does not count against backoffLimit.
+        # OOM (the kernel's: 137, or CUDA's: 75) fails the attempt at once: the operator resumes it
+        # with half the batch size. Node loss or preemption does not count against backoffLimit.
         job_spec["podFailurePolicy"] = {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [137]}},
+            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]}
         nodes = int(tr["nodes"])

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .api import ANNOTATION_BATCH_SIZE, LABEL_ATTEMPT, LABEL_STAGE
+from .api import ANNOTATION_BATCH_SIZE, EXIT_GPU_OOM, EXIT_KILLED, LABEL_ATTEMPT, LABEL_STAGE
 
-KILLED_EXIT_CODE = 137  # SIGKILL: the OOM killer, or anything else that kills
+OOM_REASONS = ("OOMKilled", "GPUOutOfMemory")
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Attempt:
     start_time: str | None = None
     completion_time: str | None = None
     exit_code: int | None = None
-    reason: str | None = None  # OOMKilled | DeadlineExceeded | BackoffLimitExceeded | Error | ...
+    reason: str | None = None  # OOMKilled | GPUOutOfMemory | Killed | DeadlineExceeded | BackoffLimitExceeded | Error | ...
     message: str = ""
     summary: dict = field(default_factory=dict)  # the worker's JSON termination message
     pods_failed: int = 0
@@ -34,13 +34,15 @@ class Attempt:
 
     @property
     def oom(self) -> bool:
-        return self.reason == "OOMKilled"
+        """Out of memory, the kernel's (OOMKilled) or the GPU's (the worker's exit 75)."""
+        return self.reason in OOM_REASONS
 
     @property
     def killed(self) -> bool:
-        """Failed by SIGKILL (exit 137): the training Job fails at once on it (podFailurePolicy)
-        and the operator starts a new attempt that resumes from the last checkpoint."""
-        return self.reason in ("OOMKilled", "Killed")
+        """Failed by SIGKILL (exit 137) or a GPU OOM (exit 75): the training Job fails at once on
+        it (podFailurePolicy) and the operator starts a new attempt that resumes from the last
+        checkpoint."""
+        return self.reason in (*OOM_REASONS, "Killed")
 
 
 def _condition(job: dict, kind: str) -> dict | None:
@@ -111,7 +113,9 @@ def observe_attempt(job: dict, pods: list[dict]) -> Attempt:
             a.summary = parse_summary(a.message)
         if t and t.get("reason") == "OOMKilled":
             a.reason = "OOMKilled"
-        elif t and t.get("exitCode") == KILLED_EXIT_CODE:
+        elif t and t.get("exitCode") == EXIT_GPU_OOM:
+            a.reason = "GPUOutOfMemory"
+        elif t and t.get("exitCode") == EXIT_KILLED:
             a.reason = "Killed"  # SIGKILLed by something other than the OOM killer
         elif failed.get("reason") == "PodFailurePolicy" and t:
             a.reason = t.get("reason") or "Error"

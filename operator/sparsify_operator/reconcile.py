@@ -9,10 +9,11 @@ from .api import STAGE_PHASES, STAGES
 from .builders import OperatorConfig, construct_job, construct_rendezvous_service
 from .observe import Attempt
 from .spec import SpecError, normalized, recipe_name, world_size
-from .status import conditions, human_size
+from .status import condition, conditions, human_size
 
 TERMINAL = ("Succeeded", "Failed")
 MESSAGE_LIMIT = 512
+VERDICTS = ("NativelyRun", "FasterThanDense", "AccuracyRetained")
 
 
 @dataclass
@@ -88,6 +89,21 @@ def collect_results(summaries: dict[str, dict]) -> dict:
         r["imagesPerSecond"] = throughput.get("deepsparse", next(iter(throughput.values())))
     if "nativeFraction" in bench:
         r["deepsparseNativeFraction"] = bench["nativeFraction"]
+    if isinstance(train.get("model"), dict):
+        r["model"] = {k: train["model"][k] for k in ("arch", "layout", "activation") if isinstance(train["model"].get(k), str)}
+    dense = bench.get("dense") if isinstance(bench.get("dense"), dict) else {}
+    if _number(dense.get("map50")):
+        r["denseMap50"] = round(float(dense["map50"]), 4)
+        if "map50" in r and r["denseMap50"] > 0:
+            r["accuracyRetention"] = round(r["map50"] / r["denseMap50"], 3)
+    dense_ips = [float(v) for v in (dense.get("imagesPerSecond") or {}).values() if _number(v) and v > 0]
+    spread = bench.get("speedupRange")
+    if _number(bench.get("speedup")):  # measured per interleaved round by the benchmark: median and spread
+        r["speedup"] = round(float(bench["speedup"]), 2)
+        if isinstance(spread, list) and len(spread) == 2 and all(_number(v) for v in spread):
+            r["speedupRange"] = [round(float(v), 2) for v in spread]
+    elif dense_ips and _number(throughput.get("deepsparse")):
+        r["speedup"] = round(throughput["deepsparse"] / max(dense_ips), 2)  # vs the faster engine on the dense model
     artifacts = {
         "checkpoint": train.get("checkpoint"), "lastCheckpoint": train.get("lastCheckpoint"), "onnx": export.get("onnx"),
         "report": publish.get("report") or bench.get("report"), "results": publish.get("results"),
@@ -96,6 +112,22 @@ def collect_results(summaries: dict[str, dict]) -> dict:
     if artifacts:
         r["artifacts"] = artifacts
     return r
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def verdict_conditions(summary: dict, generation: int | None, now: str, old: list[dict] | None) -> list[dict]:
+    """The benchmark's verdicts (natively run, faster than dense, accuracy retained) as status
+    conditions; what a pod wrote is checked before it becomes status."""
+    out = []
+    for v in summary.get("verdicts") or []:
+        if not (isinstance(v, dict) and v.get("type") in VERDICTS and isinstance(v.get("ok"), bool)
+                and isinstance(v.get("reason"), str) and isinstance(v.get("message"), str)):
+            continue
+        out.append(condition(v["type"], v["ok"], v["reason"][:64], v["message"][:MESSAGE_LIMIT], generation, now, old))
+    return out
 
 
 def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, now: str) -> Plan:
@@ -145,8 +177,9 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
                     if int(spec["training"]["nodes"]) > 1:
                         p.create.insert(0, construct_rendezvous_service(sj))
                     if last.oom:
+                        what = "ran out of GPU memory (CUDA OOM)" if last.reason == "GPUOutOfMemory" else "was OOM-killed"
                         p.events.append(("Warning", "OOMRetry",
-                                         f"train attempt {last.attempt} was OOM-killed at batch size {last.batch_size}; "
+                                         f"train attempt {last.attempt} {what} at batch size {last.batch_size}; "
                                          f"resuming from the last checkpoint with batch size {new_batch} (Job {job['metadata']['name']})"))
                     else:
                         p.events.append(("Warning", "KilledRetry",
@@ -178,7 +211,8 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
         "stages": stages,
         "results": collect_results(summaries),
         "startTime": old.get("startTime") or now,
-        "conditions": conditions(phase, reason, message[:MESSAGE_LIMIT], generation, now, old.get("conditions")),
+        "conditions": conditions(phase, reason, message[:MESSAGE_LIMIT], generation, now, old.get("conditions"))
+        + verdict_conditions(summaries.get("benchmark", {}), generation, now, old.get("conditions")),
     }
     if phase in TERMINAL:
         status["completionTime"] = old.get("completionTime") or now
@@ -214,6 +248,10 @@ def transition_events(old: dict, new: dict) -> list[tuple[str, str, str]]:
             if s["phase"] == "Failed":
                 text += f": {s.get('reason')}, exit code {s.get('exitCode')}"
             events.append((kind, f"Stage{s['phase']}", text))
+    was_false = {c.get("type") for c in old.get("conditions") or [] if c.get("status") == "False"}
+    for c in new.get("conditions", []):
+        if c["type"] in VERDICTS and c["status"] == "False" and c["type"] not in was_false:
+            events.append(("Warning", c["reason"], c["message"]))  # the result is not what users came for: say so
     if new["phase"] != old.get("phase"):
         ready = next(c for c in new["conditions"] if c["type"] == "Ready")
         kind = "Warning" if new["phase"] == "Failed" else "Normal"

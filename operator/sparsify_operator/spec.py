@@ -8,12 +8,12 @@ from __future__ import annotations
 import copy
 
 DEFAULTS: dict = {
-    "model": {"activation": "Hardswish", "weights": ""},
+    "model": {"weights": ""},  # layout and activation: resolved by the worker from the weights (or the arch)
     "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 64, "imgSize": 640, "maxOOMRetries": 2, "backoffLimit": 2},
     "export": {"imgSize": 640, "dynamicBatch": True, "opset": 13},
     "benchmark": {
         "nodeSelector": {"node.kubernetes.io/instance-type": "c5.12xlarge"},
-        "batchSize": 64, "imgSize": 640, "scenario": "sync", "durationSeconds": 30, "compareDense": True,
+        "batchSize": 64, "imgSize": 640, "scenario": "sync", "durationSeconds": 30, "rounds": 3, "compareDense": True,
         "engines": ["deepsparse", "onnxruntime"],
     },
     "output": {"prefix": "sparsify", "region": "us-east-1"},

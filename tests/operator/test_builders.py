@@ -32,13 +32,15 @@ def test_single_node_training_pod():
     j = build("train", batch=64)
     pod = j["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] == ["torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=4", "--no-python", "sparsify-worker", "train"]
+    assert c["command"] == ["sparsify-worker", "supervise", "--", "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=4",
+                            "--no-python", "sparsify-worker", "train"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
-    assert j["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [137]
+    # the worker's CUDA OOM (75) and a SIGKILL (137) fail the attempt at once; the operator resumes it
+    assert j["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [75, 137]
     assert pod["restartPolicy"] == "Never" and "completionMode" not in j["spec"]
     assert env_of(j)["SPARSIFY_BATCH_SIZE"] == "64"
     assert j["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "64"
@@ -51,7 +53,7 @@ def test_multi_node_training_is_an_indexed_job_with_rendezvous_at_index_0():
     pod = j["spec"]["template"]["spec"]
     assert pod["subdomain"] == "demo-rdzv"
     cmd = pod["containers"][0]["command"]
-    assert cmd[:3] == ["torchrun", "--nnodes=3", "--nproc_per_node=8"]
+    assert cmd[:6] == ["sparsify-worker", "supervise", "--", "torchrun", "--nnodes=3", "--nproc_per_node=8"]
     assert "--rdzv_backend=c10d" in cmd
     assert "--rdzv_endpoint=demo-train-r1-0.demo-rdzv.ml.svc.cluster.local:29500" in cmd
     assert "--rdzv_id=uid-1234-1" in cmd and "--standalone" not in cmd

@@ -56,7 +56,7 @@ def test_crd_explains_itself_and_every_sample_applies(cluster, crd, namespace):
     out = kubectl(cluster.kubeconfig, "explain", "sparsifyjob.spec.training.batchSize").stdout
     assert "Total batch size over all GPUs" in out
     samples = sorted((REPO / "manifests/samples").glob("*.yaml"))
-    assert len(samples) == 6
+    assert len(samples) == 7  # the seed's six rows and sparse transfer from a user's checkpoint
     for sample in samples:
         res = kubectl(cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", str(sample), check=False)
         assert res.returncode == 0, f"{sample.name}: {res.stderr}"
@@ -67,7 +67,13 @@ INVALID = [
     ("custom recipe for the other model", {"recipe": {"inline": "modifiers: []", "targetArch": "yolov5l"}}, "recipe.targetArch does not match model.arch"),
     ("custom recipe without its model", {"recipe": {"uri": "s3://r/recipe.yaml"}}, "must say which model it is written for"),
     ("two recipe sources", {"recipe": {"preset": "pruned", "uri": "s3://r/recipe.yaml"}}, "exactly one of preset, uri or inline"),
-    ("unknown architecture", {"model": {"arch": "yolov5x"}}, 'supported values: "yolov5s", "yolov5l"'),
+    ("unknown architecture", {"model": {"arch": "yolov5z"}}, 'supported values: "yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x"'),
+    ("v5.0 layout of a v7-only model", {"model": {"arch": "yolov5n", "layout": "v5.0"}}, "model.layout v5.0 exists for yolov5s and yolov5l only"),
+    ("the seed's preset on another model", {"model": {"arch": "yolov5m"}}, "the seed's pruned and pruned-quantized presets are published for the v5.0 layout"),
+    ("the seed's preset on the v7.0 layout", {"model": {"arch": "yolov5s", "layout": "v7.0"}}, "use transfer-pruned or transfer-pruned-quantized"),
+    ("transfer without weights", {"recipe": {"preset": "transfer-pruned"}}, "the transfer-* presets start from dense weights"),
+    ("target sparsity on a seed preset", {"recipe": {"preset": "pruned", "targetSparsity": 0.5}}, "recipe.targetSparsity applies to the transfer-pruned"),
+    ("target sparsity out of range", {"recipe": {"preset": "transfer-pruned", "targetSparsity": 0.99}}, "should be less than or equal to 0.9"),
     ("malformed dataset URI", {"dataset": {"uri": "https://bucket/data"}}, "dataset.uri must be an S3 URI"),
     ("malformed weights URI", {"model": {"arch": "yolov5s", "weights": "/local/best.pt"}}, "model.weights must be empty or an S3 URI"),
     ("too many GPUs per node", {"training": {"gpusPerNode": 16}}, "should be less than or equal to 8"),
@@ -186,6 +192,22 @@ def test_oom_is_retried_with_half_the_batch_size(operator, custom, core, batch, 
     assert names == ["oom-train", "oom-train-r1", "oom-train-r2"]
     retries = [m for r, m in events_of(core, namespace, "oom") if r == "OOMRetry"]
     assert len(retries) == 2 and "batch size 32" in retries[0] + retries[1]
+
+
+def test_a_cuda_oom_exit_fails_the_attempt_at_once_and_resumes_with_half_the_batch(operator, custom, core, batch, namespace):
+    """The worker exits 75 on torch.cuda.OutOfMemoryError; the Job's podFailurePolicy fails the
+    attempt without pod retries, and the operator halves the batch as for an OOM kill."""
+    create(custom, namespace, manifest("cudaoom", env={"STANDIN_GPU_OOM_ABOVE_BATCH": 32}, training={"gpusPerNode": 1, "batchSize": 64}))
+    st = wait_phase(custom, namespace, "cudaoom", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st["stages"], indent=1)
+    train = st["stages"]["train"]
+    assert train["batchSize"] == 32 and train["job"] == "cudaoom-train-r1"
+    assert train["retries"] == [{"attempt": 0, "job": "cudaoom-train", "reason": "GPUOutOfMemory", "batchSize": 64}]
+    first = next(j for j in jobs_of(batch, namespace, "cudaoom") if j.metadata.name == "cudaoom-train")
+    assert first.status.failed == 1  # one pod, no retries against backoffLimit: the policy failed the Job at once
+    assert any(c.reason == "PodFailurePolicy" for c in first.status.conditions or [])
+    (retry,) = [m for r, m in events_of(core, namespace, "cudaoom") if r == "OOMRetry"]
+    assert "ran out of GPU memory (CUDA OOM) at batch size 64" in retry
 
 
 def test_operator_killed_and_restarted_mid_stage_neither_duplicates_nor_stalls(operator, custom, batch, namespace):

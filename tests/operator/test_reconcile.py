@@ -150,3 +150,48 @@ def test_a_kill_that_is_not_oom_resumes_with_the_same_batch_up_to_backoff_limit(
     pods["demo-train-r1"] = [pod("Failed", 137, "Error")]
     p = plan(sj, observe(jobs, pods), CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Failed" and p.status["stages"]["train"]["reason"] == "Killed"
+
+
+def test_a_cuda_oom_is_retried_like_an_oom_kill_with_half_the_batch():
+    jobs, pods = done("validate")
+    jobs.append(job("train", state="Failed", batch=64, reason="PodFailurePolicy"))
+    oom = json.dumps({"stage": "train", "error": "OutOfMemoryError: CUDA out of memory", "reason": "GPUOutOfMemory"})
+    pods["demo-train"] = [pod("Failed", 75, "Error", message=oom)]
+    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    (retry,) = p.create
+    assert retry["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "32"
+    assert p.status["stages"]["train"]["retries"][0]["reason"] == "GPUOutOfMemory"
+    (event,) = [m for k, r, m in p.events if r == "OOMRetry"]
+    assert "ran out of GPU memory (CUDA OOM) at batch size 64" in event and "batch size 32" in event
+    # a plain error exit (1) is a bug, not memory: the stage fails with the worker's message
+    jobs[-1] = job("train", state="Failed", batch=64, reason="BackoffLimitExceeded")
+    pods["demo-train"] = [pod("Failed", 1, "Error", message=json.dumps({"stage": "train", "error": "ValueError: bad"}))]
+    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    assert p.create == [] and p.status["phase"] == "Failed" and "ValueError: bad" in p.status["stages"]["train"]["message"]
+
+
+def benchmark_summary(verdicts, dense_ips=(150.0, 140.0), dense_map=0.5):
+    return json.dumps({"engines": {"deepsparse": {"imagesPerSecond": 300.0}, "onnxruntime": {"imagesPerSecond": 100.0}},
+                       "nativeFraction": 0.73, "dense": {"map50": dense_map, "imagesPerSecond": dict(zip(("deepsparse", "onnxruntime"), dense_ips))},
+                       "verdicts": verdicts})
+
+
+def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
+    slow = {"type": "NativelyRun", "ok": False, "reason": "PartlyNative", "message": "DeepSparse runs only 73% ... Fix: use SiLU"}
+    fast = {"type": "FasterThanDense", "ok": True, "reason": "Faster", "message": "2.00x"}
+    forged = {"type": "Ready", "ok": True, "reason": "Succeeded", "message": "a pod cannot write Ready"}
+    jobs, pods = done("validate", "train", "export")
+    jobs.append(job("benchmark", state="Succeeded"))
+    pods["demo-benchmark"] = [pod("Succeeded", 0, message=benchmark_summary([slow, fast, forged, "junk"]))]
+    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    by_type = {c["type"]: c for c in p.status["conditions"]}
+    assert by_type["NativelyRun"]["status"] == "False" and by_type["NativelyRun"]["reason"] == "PartlyNative"
+    assert by_type["FasterThanDense"]["status"] == "True"
+    assert [c["type"] for c in p.status["conditions"]].count("Ready") == 1 and by_type["Ready"]["status"] == "False"
+    assert ("Warning", "PartlyNative", slow["message"]) in p.events
+    assert not [e for e in p.events if e[1] == "Faster"]
+    r = p.status["results"]
+    assert r["speedup"] == 2.0 and r["denseMap50"] == 0.5 and r["accuracyRetention"] == round(0.52 / 0.5, 3)
+    # the next reconcile sees the condition already False: no second warning
+    again = plan(sparsifyjob(status=p.status), observe(jobs, pods), CFG, NOW)
+    assert not [e for e in again.events if e[1] == "PartlyNative"]
