@@ -5,11 +5,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv binaries cluster cluster-down test test-harness demo clean
+.PHONY: help venv binaries cluster cluster-down test test-gpu test-harness demo clean
 
 help:
 	@echo "make demo          run the demo end to end on the local cluster"
 	@echo "make test          run the test suite (starts its own local cluster)"
+	@echo "make test-gpu      the GPU suite (CUDA training with AMP, export, a real CUDA OOM); skips without a GPU"
 	@echo "make cluster       start the local cluster in the background (kubeconfig: .localcluster/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
 
@@ -33,9 +34,13 @@ cluster-down: venv
 # Three pytest sessions, each with its own local cluster: the suites that run an operator
 # (stand-in commands, the Helm-installed pod, the real worker) must not share one.
 test: binaries
-	$(PY) -m pytest -ra tests/harness tests/operator tests/worker $(PYTEST_ARGS)
+	$(PY) -m pytest -ra tests/harness tests/operator tests/worker tests/gpu $(PYTEST_ARGS)
 	$(PY) -m pytest -ra tests/install $(PYTEST_ARGS)
 	$(PY) -m pytest -ra tests/e2e $(PYTEST_ARGS)
+
+# Needs no cluster: real CUDA training, export and OOM on the machine's first GPU.
+test-gpu: venv
+	$(PY) -m pytest -ra tests/gpu $(PYTEST_ARGS)
 
 demo: binaries
 	$(PY) demo/demo.py $(DEMO_ARGS)

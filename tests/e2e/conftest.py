@@ -64,7 +64,7 @@ def sparsifyjob(name: str, dataset: str, epochs: int = 5, batch: int = 16, **spe
         "output": {"bucket": "models", "prefix": "e2e", "credentialsSecret": "s3-credentials"},
     }
     for k, v in spec_updates.items():
-        spec[k] = {**spec.get(k, {}), **v}
+        spec[k] = {**spec.get(k, {}), **v} if isinstance(v, dict) else v
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": name}, "spec": spec}
 
 

@@ -111,6 +111,26 @@ def test_oom_during_qat_resumes_with_half_the_batch_size(cluster, core, api, ins
     assert summary["resumed"] is True and summary["batchSize"] == 8 and summary["quantized"] is True
 
 
+def test_a_cuda_oom_in_qat_exits_75_and_resumes_with_half_the_batch(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
+    """A real torch.cuda.OutOfMemoryError in the worker (raised on CPU at a chosen step: step 13
+    is the first of QAT here, 48 images at batch 16, QAT in the last of 5 epochs) goes through
+    torchrun, the supervisor's exit 75, the podFailurePolicy and the operator's half-batch retry."""
+    custom, _ = api
+    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob(
+        "cudaoom", dataset_uri, epochs=5, batch=16, env=[{"name": "SPARSIFY_FAULT_CUDA_OOM", "value": "13:8"}]))
+    st = wait_finished(custom, e2e_namespace, "cudaoom")
+    assert st["phase"] == "Succeeded", dump(st)
+    train = st["stages"]["train"]
+    assert train["retries"] == [{"attempt": 0, "job": "cudaoom-train", "reason": "GPUOutOfMemory", "batchSize": 16}]
+    assert train["batchSize"] == 8 and train["job"] == "cudaoom-train-r1"
+    (failed,) = train_pods(core, e2e_namespace, "cudaoom", "Failed")
+    term = failed.status.container_statuses[0].state.terminated
+    assert term.exit_code == 75 and "CUDA out of memory" in json.loads(term.message)["error"]
+    (retried,) = train_pods(core, e2e_namespace, "cudaoom", "Succeeded")
+    summary = json.loads(retried.status.container_statuses[0].state.terminated.message)
+    assert summary["resumed"] is True and summary["startEpoch"] == 4 and summary["quantized"] is True
+
+
 def test_operator_restarted_mid_stage_no_duplicates_and_the_run_completes(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
     custom, batch = api
     custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("restart", dataset_uri, epochs=4))
