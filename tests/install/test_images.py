@@ -16,7 +16,10 @@ IMAGES = {  # Dockerfile -> checks run in the fresh venv
     "Dockerfile.operator": ["sparsify-operator --help", "python -c 'import sparsify_operator.handlers'"],
     "Dockerfile.cpu": ["sparsify-worker --help", "python -c 'import sparsify_worker.export, sparsify_worker.benchmark, deepsparse, onnxruntime'"],
     "Dockerfile.trainer": ["sparsify-worker --help", "torchrun --help",
-                           "python -c 'import sparsify_worker.train, sparseml.pytorch, yolov5.models.yolo'"],
+                           "python -c 'import sparsify_worker.train, sparseml.pytorch, yolov5.models.yolo'",
+                           # the packaged v5.0 model YAMLs and the yolov5 package's v7.0 ones render presets
+                           "sparsify-worker recipe --arch yolov5s --preset pruned-quantized | grep -q model.23.m.0.cv2.conv.weight",
+                           "sparsify-worker recipe --arch yolov5n --layout v7.0 --preset transfer-pruned | grep -q model.9.cv2.conv.weight"],
 }
 
 
