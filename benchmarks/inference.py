@@ -29,15 +29,15 @@ SEED = {  # DeepSparse img/s on a 24-core c5.12xlarge, batch 64, 640 px; size MB
 
 def make_checkpoint(arch: str, kind: str, data: Path, work: Path, activation: str) -> Path:
     """A checkpoint with the recipe's final structure: short training on generated data."""
-    from sparsify_worker.recipes import preset_path, rescaled_variables
+    from sparsify_worker.export import dense_checkpoint
+    from sparsify_worker.model import ModelSpec
+    from sparsify_worker.recipes import render, rescaled_variables
     from sparsify_worker.train import TrainConfig, train
 
-    from sparsify_worker.export import dense_checkpoint
-
     out = work / f"{arch}-{kind}"
-    text = preset_path(f"{arch}-{kind}").read_text()
+    text = render(arch, kind)
     if kind == "baseline":
-        return dense_checkpoint(arch, 80, activation, out / "best.pt")
+        return dense_checkpoint(ModelSpec(arch, "v5.0", activation, 3), out / "best.pt")  # the same 3 classes as the sparse ones
     epochs = 3 if kind == "pruned" else 4
     train(TrainConfig(arch=arch, data_dir=data, recipe=text, recipe_variables=rescaled_variables(text, epochs), out_dir=out,
                       batch_size=8, img_size=64, workers=0, activation=activation))
@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--img", type=int, default=640)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--activation", default="Hardswish", choices=["Hardswish", "SiLU"])
+    p.add_argument("--opset", type=int, default=13, help="13, the default a SparsifyJob exports at")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     args = p.parse_args()
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
@@ -65,7 +66,7 @@ def main() -> None:
         work = Path(tmp)
         os.chdir(work)
         data = generate(work / "data", train=16, val=4, size=64)
-        opset = 13 if args.activation == "Hardswish" else 14
+        opset = args.opset
         for arch in args.archs:
             for kind in args.kinds:
                 t0 = time.monotonic()

@@ -33,7 +33,7 @@ def main() -> None:
     from yolov5.utils.loss import ComputeLoss
 
     from sparsify_worker.model import build_model, hyperparameters
-    from sparsify_worker.recipes import preset_path, rescaled_variables
+    from sparsify_worker.recipes import render, rescaled_variables
 
     shims.apply()
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def main() -> None:
         model.hyp = hyperparameters()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if mode != "plain":
-            text = preset_path(f"{args.arch}-pruned-quantized").read_text()
+            text = render(args.arch, "pruned-quantized")
             # epochs chosen so that the measured steps sit in the wanted phase of the schedule
             v = rescaled_variables(text, 4)
             manager = ScheduledModifierManager.from_yaml(text, recipe_variables=v)

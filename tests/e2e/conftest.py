@@ -60,7 +60,7 @@ def sparsifyjob(name: str, dataset: str, epochs: int = 5, batch: int = 16, **spe
         "dataset": {"uri": dataset},
         "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": batch, "epochs": epochs, "imgSize": 160, "maxOOMRetries": 2},
         "export": {"imgSize": 160, "opset": 13},
-        "benchmark": {"batchSize": 4, "imgSize": 160, "durationSeconds": 3, "compareDense": False},
+        "benchmark": {"batchSize": 4, "imgSize": 160, "durationSeconds": 3, "rounds": 1, "compareDense": False},
         "output": {"bucket": "models", "prefix": "e2e", "credentialsSecret": "s3-credentials"},
     }
     for k, v in spec_updates.items():

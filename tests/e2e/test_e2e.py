@@ -42,7 +42,7 @@ def train_pods(core, ns, name, phase="Running"):
 def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, api, installed_operator, dataset_uri, e2e_namespace, tmp_path):
     custom, _ = api
     custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL,
-                                           sparsifyjob("happy", dataset_uri, epochs=4, benchmark={"compareDense": True}))
+                                           sparsifyjob("happy", dataset_uri, epochs=4, benchmark={"compareDense": True, "rounds": 2}))
     st = wait_finished(custom, e2e_namespace, "happy")
     assert st["phase"] == "Succeeded", dump(st)
     r = st["results"]

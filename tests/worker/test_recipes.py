@@ -103,7 +103,7 @@ def test_target_sparsity_moves_every_group_and_is_refused_where_it_does_not_appl
 
 
 def test_the_seeds_presets_exist_only_for_the_v5_layout_of_s_and_l():
-    with pytest.raises(RecipeError, match="use transfer-pruned-quantized"):
+    with pytest.raises(RecipeError, match="start from your weights with transfer-pruned-quantized"):
         render("yolov5s", "pruned-quantized", "v7.0")
     with pytest.raises(RecipeError, match="yolov5n does not exist in the v5.0 layout"):
         render("yolov5n", "pruned", "v5.0")

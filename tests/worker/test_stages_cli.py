@@ -20,7 +20,7 @@ SPEC = {
     "dataset": {"uri": "s3://artifacts/datasets/shapes/"},
     "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 16, "epochs": 4, "imgSize": 128},
     "export": {"imgSize": 128, "opset": 13, "dynamicBatch": True},
-    "benchmark": {"batchSize": 4, "imgSize": 128, "scenario": "sync", "durationSeconds": 2, "engines": ["deepsparse", "onnxruntime"]},
+    "benchmark": {"batchSize": 4, "imgSize": 128, "scenario": "sync", "durationSeconds": 2, "rounds": 2, "engines": ["deepsparse", "onnxruntime"]},
     "output": {"bucket": "artifacts", "prefix": "runs", "region": "us-east-1"},
 }
 
@@ -72,7 +72,15 @@ def test_all_stages_publish_a_result_that_matches_its_artifacts(s3_endpoint, pip
     assert inputs["train"]["epochs"] == 4 and inputs["train"]["quantized"] is True
     assert inputs["export"]["quantized"] and inputs["export"]["onnx"] == "s3://artifacts/runs/ml/cli/model.onnx"
     ds = inputs["benchmark"]["engines"]["deepsparse"]
-    assert ds["imagesPerSecond"] > 0 and ds["nativeFraction"] > 0
+    assert ds["imagesPerSecond"] > 0 and ds["rounds"] == 2 and ds["imagesPerSecondMin"] <= ds["imagesPerSecond"] <= ds["imagesPerSecondMax"]
+    # the default path (v5.0 Hardswish, opset 13, INT8): DeepSparse runs the whole graph itself
+    assert ds["nativeFraction"] >= 0.95
+    bench = inputs["benchmark"]
+    assert len(bench["speedupRounds"]) == 2 and bench["dense"]["imagesPerSecond"]["deepsparse"] > 0
+    verdicts = {v["type"]: v for v in bench["verdicts"]}
+    assert verdicts["NativelyRun"]["ok"] is True
+    assert verdicts["AccuracyRetained"]["reason"] == "NotCompared"  # no starting weights: nothing to compare with
+    assert "FasterThanDense" in verdicts
     assert inputs["benchmark"]["engines"]["onnxruntime"]["imagesPerSecond"] > 0
     assert len(json.dumps(inputs["train"])) < 4096  # fits a termination message
 
