@@ -122,10 +122,7 @@ def _activation_of(model) -> str | None:
     from yolov5.models.common import Conv
 
     kinds = {type(m.act).__name__ for m in model.modules() if isinstance(m, Conv)}
-    if len(kinds) == 1:
-        kind = kinds.pop()
-        return kind if kind in DEFAULT_ACTIVATION.values() else kind  # e.g. LeakyReLU: reported, then refused
-    return None
+    return kinds.pop() if len(kinds) == 1 else None  # an unsupported one (LeakyReLU) is refused by resolve()
 
 
 def _from_module(model) -> Weights:
