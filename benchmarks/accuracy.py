@@ -81,9 +81,8 @@ def main() -> int:
     from sparsify_worker.benchmark import benchmark, cpu_info
     from sparsify_worker.data import load_data_yaml, split
     from sparsify_worker.export import dense_checkpoint
-    from sparsify_worker.model import build
     from sparsify_worker.recipes import DEFAULT_TARGET_SPARSITY
-    from sparsify_worker.weights import load_into, read_weights, resolve
+    from sparsify_worker.weights import read_weights, resolve
 
     work = Path(tempfile.mkdtemp(prefix="accuracy-"))
     os.chdir(work)
@@ -91,10 +90,8 @@ def main() -> int:
     data = load_data_yaml(data_dir)
     weights = read_weights(WEIGHTS)
     spec = resolve({"arch": "yolov5n"}, data["nc"], weights)
-    dense = build(spec)
-    load_into(dense, weights)
     rows: list[dict] = [{"row": "pretrained dense, as is", "seed": None, **onnx_row(
-        dense_checkpoint(spec, work / "pretrained.pt", dense.state_dict()), work / "onnx-pretrained", data, args)}]
+        dense_checkpoint(spec, work / "pretrained.pt", weights), work / "onnx-pretrained", data, args)}]
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     presets = [("dense fine-tuned (control)", "transfer-baseline", None), ("pruned", "transfer-pruned", args.target),
                ("pruned-quantized", "transfer-pruned-quantized", args.target)]

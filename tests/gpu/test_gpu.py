@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.worker.conftest import s3_endpoint  # noqa: F401  (the real S3 server on loopback, as a fixture)
-
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is false here (run `make test-gpu` on a GPU node)")]
 
@@ -57,7 +55,7 @@ def test_amp_training_through_pruning_into_qat_on_one_gpu_then_its_export(datase
     assert info["quantized"] and info["quantizedConvs"] > 50 and abs(info["sparsity"] - result["sparsity"]) < 0.03
 
 
-def test_a_real_cuda_oom_exits_75_and_a_half_batch_attempt_resumes(dataset, s3_endpoint, tmp_path):  # noqa: F811
+def test_a_real_cuda_oom_exits_75_and_a_half_batch_attempt_resumes(dataset, s3_endpoint, tmp_path):
     """The operator's loop, by hand: each attempt runs `sparsify-worker supervise -- ... train`
     with the memory capped; exit 75 halves the batch, the next attempt resumes from S3."""
     from sparsify_worker.s3 import Store, client

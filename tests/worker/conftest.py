@@ -44,17 +44,3 @@ def weighted_target(text: str, arch: str = "yolov5s", layout: str = "v5.0") -> f
                      and n in {p for m in parse_recipe_yaml(text)["pruning_modifiers"] for p in m["params"]})
     assert n_prunable == total
     return pruned / total
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory):
-    """A real S3-compatible server on loopback, reached only through its endpoint."""
-    from localcluster import s3 as local_s3
-    from localcluster.controlplane import terminate
-
-    proc, endpoint = local_s3.start_server(tmp_path_factory.mktemp("s3") / "s3.log")
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", local_s3.LOCAL_ACCESS_KEY)
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", local_s3.LOCAL_SECRET_KEY)
-    local_s3.create_bucket(endpoint, "artifacts")
-    yield endpoint
-    terminate(proc)

@@ -147,19 +147,22 @@ def _sample_pairs(keys: list[str], per_split: int = 16) -> list[str]:
 
 def run_train(st: Stage) -> dict:
     from .data import load_data_yaml
-    from .train import TrainConfig, checkpoint_model, load_checkpoint, train
+    from .train import TrainConfig, checkpoint_model, load_checkpoint, recipe_value, train
     from .weights import read_weights, resolve
 
     tr = st.spec["training"]
     rank = int(os.environ.get("RANK", "0"))
     ckpts = st.out.join("checkpoints")
     data_dir = st.stage_dataset()
-    resume = None
-    weights = st.weights_path()  # the starting point, and the teacher when the recipe distills
+    resume = weights = None
     if st.store.exists(ckpts.join("last.pt")):
         resume = st.store.download(ckpts.join("last.pt"), st.work / f"resume-{rank}" / "last.pt")
-        model = checkpoint_model(load_checkpoint(resume))  # the run keeps the model it started with
+        ckpt = load_checkpoint(resume)
+        model = checkpoint_model(ckpt)  # the run keeps the model and the schedule it started with
+        if recipe_value(ckpt["recipe"], ckpt.get("recipe_variables") or {}, "distillation_weight", 0.0) > 0:
+            weights = st.weights_path()  # the distillation teacher
     else:
+        weights = st.weights_path()
         model = resolve(st.spec["model"], load_data_yaml(data_dir)["nc"], read_weights(weights) if weights else None)
     text = st.recipe_text(model)
     if rank == 0 and resume is None:
@@ -256,7 +259,7 @@ def dense_reference(st: Stage, sparse_onnx: Path) -> dict:
     import onnx
 
     from .export import dense_checkpoint, export
-    from .weights import load_into, read_weights
+    from .weights import read_weights
 
     exported = st.inputs.get("export", {})
     nc = exported.get("numClasses")
@@ -267,20 +270,15 @@ def dense_reference(st: Stage, sparse_onnx: Path) -> dict:
         raise ValueError("cannot tell the number of classes of the model for the dense reference")
     m = exported.get("model") or {}
     spec = ModelSpec(m.get("arch", st.spec["model"]["arch"]), m.get("layout", "v5.0"), m.get("activation", "Hardswish"), int(nc))
-    state, map50, source = None, None, "untrained (the run had no starting weights): its accuracy is not comparable"
+    weights, map50, source = None, None, "untrained (the run had no starting weights): its accuracy is not comparable"
     if st.spec["model"].get("weights"):
-        from .model import build
-
         weights = read_weights(st.weights_path())
-        model = build(spec)
-        loaded = load_into(model, weights)
-        state = model.state_dict()
         source = f"the starting weights {st.spec['model']['weights']}"
-        if loaded["headReset"]:
+        if weights.nc != spec.nc:
             source += " (Detect head re-initialised for the dataset's classes: accuracy not comparable)"
         else:
             map50 = st.inputs.get("train", {}).get("startMap50")
-    ckpt_path = dense_checkpoint(spec, st.work / "bench" / "dense.pt", state, map50)
+    ckpt_path = dense_checkpoint(spec, st.work / "bench" / "dense.pt", weights, map50)
     ex = st.spec.get("export", {})
     info = export(ckpt_path, st.work / "bench" / "dense", int(exported.get("imgSize") or ex.get("imgSize", 640)),
                   int(exported.get("opset") or ex.get("opset", 13)))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import shims, yolo_env
 from .model import ModelSpec
+from .weights import Weights, load_into
 from .onnx_stats import sizes, weight_sparsity
 from .train import is_quantized, load_checkpoint, restore_model
 
@@ -20,7 +21,7 @@ MIN_QAT_OPSET = 13  # sparseml refuses convert_qat below 13
 TOLERANCE = {"fp32": 1e-3, "int8": 0.08}
 
 
-def dense_checkpoint(model_spec: ModelSpec, path: Path, state: dict | None = None, map50: float | None = None) -> Path:
+def dense_checkpoint(model_spec: ModelSpec, path: Path, weights: Weights | None = None, map50: float | None = None) -> Path:
     """A checkpoint of the dense model (the starting weights, or untrained when none): the
     reference that sparse results are compared with."""
     import torch
@@ -30,8 +31,8 @@ def dense_checkpoint(model_spec: ModelSpec, path: Path, state: dict | None = Non
     from .train import CHECKPOINT_VERSION
 
     model = build(model_spec)
-    if state:
-        model.load_state_dict(state)
+    if weights is not None:
+        load_into(model, weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": 0, "arch": model_spec.arch,
                 "layout": model_spec.layout, "activation": model_spec.activation, "nc": model_spec.nc,

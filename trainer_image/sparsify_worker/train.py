@@ -244,7 +244,13 @@ def train(cfg: TrainConfig) -> dict:
 
     recipe, variables = cfg.recipe, dict(cfg.recipe_variables or {})
     ckpt = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
-    weights = read_weights(cfg.weights) if cfg.weights else None  # the start, and the distillation teacher
+    if ckpt and (ckpt["recipe"], ckpt.get("recipe_variables") or {}) != (recipe, variables):
+        # a run keeps the schedule it started with: masks and QAT depend on it
+        log.warning("resuming with the checkpoint's recipe schedule, not the one given now")
+        recipe, variables = ckpt["recipe"], dict(ckpt.get("recipe_variables") or {})
+    distill = float(recipe_value(recipe, variables, "distillation_weight", 0.0))
+    # the weights are the start of a new run, and the teacher when the recipe distills
+    weights = read_weights(cfg.weights) if cfg.weights and (not ckpt or distill > 0) else None
     if ckpt:
         spec = checkpoint_model(ckpt)
     else:
@@ -252,13 +258,8 @@ def train(cfg: TrainConfig) -> dict:
     if spec.nc != data["nc"]:
         raise ValueError(f"the checkpoint has {spec.nc} classes but data.yaml declares {data['nc']}")
     model = build(spec)
-    if ckpt and (ckpt["recipe"], ckpt.get("recipe_variables") or {}) != (recipe, variables):
-        # a run keeps the schedule it started with: masks and QAT depend on it
-        log.warning("resuming with the checkpoint's recipe schedule, not the one given now")
-        recipe, variables = ckpt["recipe"], dict(ckpt.get("recipe_variables") or {})
     manager = ScheduledModifierManager.from_yaml(recipe, recipe_variables=variables or None)
     epochs = int(math.ceil(manager.max_epochs))
-    distill = float(recipe_value(recipe, variables, "distillation_weight", 0.0))
     final_structure = final_structure_epoch(manager)
     start_epoch, best_map50, ema_state, ema_updates, opt_state = 0, -1.0, None, 0, None
     start_map50, loaded = None, None

@@ -172,10 +172,11 @@ def validate(spec: dict, dataset_root: Path, recipe_text: Callable[[ModelSpec], 
             problems.append(str(e))
         else:
             problems += check_recipe(text, model, spec["recipe"].get("targetArch"), (spec.get("training") or {}).get("epochs"))
-            unknown = sorted(set(spec["recipe"].get("variables") or {}) - set(_variables_or_empty(text)))
+            known = _variables_or_empty(text)
+            unknown = sorted(set(spec["recipe"].get("variables") or {}) - set(known))
             if unknown:
                 problems.append(f"recipe.variables names {', '.join(unknown)}, which the recipe does not have "
-                                f"(it has: {', '.join(sorted(_variables_or_empty(text))) or 'none'})")
+                                f"(it has: {', '.join(sorted(known)) or 'none'})")
             out["recipeParams"] = len(recipe_params(text)) if not problems else 0
     if problems:
         raise ValidationError(problems)
