@@ -117,7 +117,7 @@ def test_a_cuda_oom_in_qat_exits_75_and_resumes_with_half_the_batch(cluster, cor
     torchrun, the supervisor's exit 75, the podFailurePolicy and the operator's half-batch retry."""
     custom, _ = api
     custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob(
-        "cudaoom", dataset_uri, epochs=5, batch=16, env=[{"name": "SPARSIFY_FAULT_CUDA_OOM", "value": "13:8"}]))
+        "cudaoom", dataset_uri, epochs=5, batch=16, env=[{"name": "YOLO_SPARSIFY_FAULT_CUDA_OOM", "value": "13:8"}]))
     st = wait_finished(custom, e2e_namespace, "cudaoom")
     assert st["phase"] == "Succeeded", dump(st)
     train = st["stages"]["train"]

@@ -103,3 +103,53 @@ def test_permanent_errors_fail_with_a_clear_message(s3_endpoint, tmp_path):
         S3Uri.parse("https://bucket/key")
     assert str(S3Uri.parse("s3://b/a/").join("c", "/d")) == "s3://b/a/c/d"
     assert Path(tmp_path).exists()
+
+
+def counting_store(endpoint: str) -> tuple[Store, dict]:
+    """A Store whose client counts the S3 operations it sends (botocore's own event hook)."""
+    s3 = client(endpoint)
+    calls: dict[str, int] = {}
+
+    def count(event_name: str, **_) -> None:
+        op = event_name.rsplit(".", 1)[-1]
+        calls[op] = calls.get(op, 0) + 1
+
+    s3.meta.events.register("before-call.s3", count)
+    return Store(s3), calls
+
+
+def test_a_dataset_tree_comes_down_in_parallel_with_one_request_per_object(s3_endpoint, tmp_path):
+    src = tmp_path / "src"
+    files = {f"labels/train/{i:04d}.txt": f"0 0.5 0.5 0.1 0.{i % 9 + 1}\n".encode() for i in range(300)}
+    files["data.yaml"] = b"nc: 1\nnames: [a]\n"
+    store, calls = counting_store(s3_endpoint)
+    for rel, data in files.items():
+        store.put_bytes(data, f"s3://artifacts/ds/tree/{rel}")
+    calls.clear()
+    store.download_tree("s3://artifacts/ds/tree/", src)
+    assert {str(p.relative_to(src)): p.read_bytes() for p in src.rglob("*") if p.is_file()} == files
+    assert calls.get("GetObject") == 301 and "HeadObject" not in calls  # no HEAD per object any more
+    assert calls.get("ListObjectsV2") == 1
+
+
+def test_a_corrupt_object_in_a_tree_fails_the_transfer(s3_endpoint, tmp_path):
+    s3 = client(s3_endpoint)
+    s3.put_object(Bucket="artifacts", Key="ds/bad/a.txt", Body=b"what was uploaded", Metadata={"sha256": "0" * 64})
+    with pytest.raises(S3Error, match="corrupt"):
+        Store(s3).download_tree("s3://artifacts/ds/bad/", tmp_path / "bad")
+
+
+def test_the_nodes_dataset_cache_is_reused_while_the_listing_matches_and_refetched_when_it_changes(s3_endpoint, tmp_path):
+    from sparsify_worker.cli import cached_dataset
+
+    store, calls = counting_store(s3_endpoint)
+    for i in range(20):
+        store.put_bytes(f"0 0.5 0.5 0.1 0.1 # {i}\n".encode(), f"s3://artifacts/ds/cached/labels/{i}.txt")
+    root = cached_dataset(store, "s3://artifacts/ds/cached/", tmp_path / "cache")
+    assert len(list(root.rglob("*.txt"))) == 20 and calls["GetObject"] == 20
+    calls.clear()
+    assert cached_dataset(store, "s3://artifacts/ds/cached/", tmp_path / "cache") == root  # another attempt on the node
+    assert calls == {"ListObjectsV2": 1}  # listed, compared, nothing fetched
+    store.put_bytes(b"1 0.5 0.5 0.2 0.2\n", "s3://artifacts/ds/cached/labels/3.txt")  # the dataset changed
+    root = cached_dataset(store, "s3://artifacts/ds/cached/", tmp_path / "cache")
+    assert (root / "labels/3.txt").read_bytes() == b"1 0.5 0.5 0.2 0.2\n" and calls["GetObject"] == 20

@@ -25,16 +25,23 @@ SPEC = {
 }
 
 
-def stage_env(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli") -> dict:
-    return {**os.environ, "SPARSIFY_SPEC": json.dumps(spec), "SPARSIFY_INPUTS": json.dumps(inputs), "SPARSIFY_STAGE": stage,
-           "SPARSIFY_NAMESPACE": "ml", "SPARSIFY_NAME": name, "SPARSIFY_OUTPUT_URI": f"s3://artifacts/runs/ml/{name}",
+def stage_env(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli", uid: str | None = None) -> dict:
+    """The operator's contract: the spec and the earlier stages' summaries as files (in a pod,
+    mounted from its annotations), the rest as variables."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / f"{stage}-spec.json").write_text(json.dumps(spec))
+    (tmp / f"{stage}-inputs.json").write_text(json.dumps(inputs))
+    return {**os.environ, "SPARSIFY_SPEC_FILE": str(tmp / f"{stage}-spec.json"), "SPARSIFY_INPUTS_FILE": str(tmp / f"{stage}-inputs.json"),
+            "SPARSIFY_STAGE": stage, "SPARSIFY_UID": uid or f"uid-{name}",
+            "SPARSIFY_NAMESPACE": "ml", "SPARSIFY_NAME": name, "SPARSIFY_OUTPUT_URI": f"s3://artifacts/runs/ml/{name}",
            "SPARSIFY_BATCH_SIZE": str(spec["training"]["batchSize"]), "AWS_ENDPOINT_URL_S3": endpoint,
            "TERMINATION_MESSAGE_PATH": str(tmp / f"{stage}.termination"), "SPARSIFY_WORKDIR": str(tmp / "work")}
 
 
-def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli") -> tuple[int, dict, str]:
+def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli", uid: str | None = None,
+              **env_updates) -> tuple[int, dict, str]:
     term = tmp / f"{stage}.termination"
-    env = stage_env(stage, spec, inputs, endpoint, tmp, name)
+    env = {**stage_env(stage, spec, inputs, endpoint, tmp, name, uid), **env_updates}
     proc = subprocess.run([*WORKER, stage], env=env, capture_output=True, text=True, timeout=900)
     summary = json.loads(term.read_text()) if term.exists() else {}
     return proc.returncode, summary, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -104,6 +111,32 @@ def test_validate_refuses_the_wrong_models_recipe_before_any_gpu_is_held(s3_endp
     assert "written for yolov5l but the model is yolov5s" in summary["error"]
 
 
+def test_validate_finds_an_output_bucket_it_cannot_write_before_any_gpu_is_held(s3_endpoint, uploaded_dataset, tmp_path):
+    spec = json.loads(json.dumps(SPEC))
+    spec["output"]["bucket"] = "no-such-bucket"
+    code, summary, _ = run_stage("validate", spec, {}, s3_endpoint, tmp_path, SPARSIFY_OUTPUT_URI="s3://no-such-bucket/runs/ml/x/uid-x")
+    assert code == 1
+    assert "the output location s3://no-such-bucket/runs/ml/x/uid-x cannot be written" in summary["error"]
+    assert "NoSuchBucket" in summary["error"]
+
+
+def test_validate_probes_the_output_and_samples_labels_saying_how_many(s3_endpoint, pipeline):
+    from sparsify_worker.s3 import Store, client
+
+    ds = pipeline["validate"]["dataset"]
+    assert ds["labelsChecked"] == ds["labelsTotal"] == 40  # a small dataset: every label file (2000 at most are sampled)
+    leftovers = [o for o in Store(client(s3_endpoint)).list("s3://artifacts/runs/ml/cli") if ".probe-" in o.key]
+    assert leftovers == []  # the write probe was deleted
+
+
+def test_a_checkpoint_of_another_run_is_never_resumed(s3_endpoint, pipeline, tmp_path):
+    """What a SparsifyJob deleted and created again under the same name would have found, had its
+    output prefix not had the uid in it: the worker refuses it too."""
+    code, summary, _ = run_stage("train", SPEC, {}, s3_endpoint, tmp_path, "cli", uid="uid-another-run")
+    assert code == 1
+    assert "belongs to another run (uid uid-cli, this run is uid-another-run): refusing to resume" in summary["error"]
+
+
 def test_a_killed_training_process_resumes_from_its_checkpoint_in_s3(s3_endpoint, uploaded_dataset, tmp_path):
     """A retried training pod (new process, empty disk) continues from last.pt in S3."""
     from sparsify_worker.s3 import Store, client
@@ -128,7 +161,7 @@ def test_a_killed_training_process_resumes_from_its_checkpoint_in_s3(s3_endpoint
 def test_a_cuda_oom_under_torchrun_reaches_the_pod_as_exit_75(s3_endpoint, uploaded_dataset, tmp_path):
     """torchrun exits 1 whatever its workers did; the supervisor reads how each process ended and
     gives the pod the exit code the Job's podFailurePolicy acts on (75: CUDA OOM)."""
-    env = {**stage_env("train", SPEC, {}, s3_endpoint, tmp_path, "cudaoom"), "SPARSIFY_FAULT_CUDA_OOM": "1:8", "OMP_NUM_THREADS": "1"}
+    env = {**stage_env("train", SPEC, {}, s3_endpoint, tmp_path, "cudaoom"), "YOLO_SPARSIFY_FAULT_CUDA_OOM": "1:8", "OMP_NUM_THREADS": "1"}
     torchrun = str(Path(sys.executable).parent / "torchrun")
     worker = str(Path(sys.executable).parent / "sparsify-worker")
     proc = subprocess.run([*WORKER, "supervise", "--", torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=1", "--no-python",

@@ -111,11 +111,12 @@ from pathlib import Path
 from sparsify_worker.recipes import render, rescaled_variables
 from sparsify_worker.train import TrainConfig, train
 import torch
-text = render("yolov5s", "pruned")
+text = render("yolov5s", "pruned-quantized")
 out = Path(sys.argv[2])
-res = train(TrainConfig(arch="yolov5s", data_dir=Path(sys.argv[1]), recipe=text, recipe_variables=rescaled_variables(text, 2),
+res = train(TrainConfig(arch="yolov5s", data_dir=Path(sys.argv[1]), recipe=text, recipe_variables=rescaled_variables(text, 4),
                         out_dir=out, batch_size=16, img_size=128, workers=0))
-print("RESULT " + json.dumps({"rank": res["rank"], "digest": res["weightsDigest"], "sparsity": res["sparsity"]}), flush=True)
+(out / f"result-{res['rank']}.json").write_text(json.dumps({"rank": res["rank"], "digest": res["weightsDigest"], "sparsity": res["sparsity"],
+                                                             "perEpoch": res["rankDigests"], "quantized": res["quantized"]}))
 """
 
 
@@ -127,12 +128,20 @@ def test_torchrun_two_gloo_ranks_train_with_the_recipe(dataset, tmp_path):
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "out" / "last.pt")
-    assert abs(ckpt["sparsity"] - weighted_target(recipe("yolov5s-pruned"))) <= 0.01
-    assert ckpt["epoch"] == 1 and ckpt["batch_size"] == 16
-    ranks = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    assert abs(ckpt["sparsity"] - weighted_target(recipe("yolov5s-pruned-quantized"))) <= 0.01
+    assert ckpt["epoch"] == 3 and ckpt["batch_size"] == 16 and ckpt["quantized"]
+    ranks = [json.loads((tmp_path / "out" / f"result-{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     assert ranks[0]["digest"] == ranks[1]["digest"]  # parameters identical across ranks
     assert ranks[0]["sparsity"] == ranks[1]["sparsity"] == pytest.approx(ckpt["sparsity"], abs=1e-4)
+    # after every epoch (while pruning, once pruned, after QAT started) both ranks hold the same
+    # weights, observers and masks; the run checks this itself and would have stopped otherwise
+    a, b = (sorted(ranks, key=lambda r: r["rank"])[i]["perEpoch"] for i in (0, 1))
+    same = ("epoch", "weights", "masks", "qat")
+    assert [{k: e[k] for k in same} for e in a] == [{k: e[k] for k in same} for e in b] and [e["epoch"] for e in a] == [0, 1, 2, 3]
+    assert [e["qat"] for e in a] == [False, False, False, True]
+    assert len({e["order"] for e in a}) == 4  # the sampler shuffles anew every epoch (set_epoch)
+    assert [e["ddpWrappers"] for e in a] == [1, 1, 1, 1]  # QAT's re-wrap left no second wrapper (and its hooks) behind
 
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -29,8 +29,8 @@ class Stage:
 
     def __init__(self, name: str):
         self.name = name
-        self.spec = json.loads(os.environ["SPARSIFY_SPEC"])
-        self.inputs = json.loads(os.environ.get("SPARSIFY_INPUTS") or "{}")
+        self.spec = read_json("SPARSIFY_SPEC")
+        self.inputs = read_json("SPARSIFY_INPUTS", {})
         self.out = S3Uri.parse(os.environ["SPARSIFY_OUTPUT_URI"])
         self.work = Path(os.environ.get("SPARSIFY_WORKDIR") or tempfile.gettempdir()) / "sparsify"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -70,20 +70,72 @@ class Stage:
         return path if path.exists() else self.store.download(uri, path)
 
     def stage_dataset(self) -> Path:
-        """Each node's first process downloads; the others wait for its marker."""
+        """Each node's first process downloads (in parallel); the others wait for its marker.
+        With a node-level cache (SPARSIFY_DATASET_CACHE, a hostPath the platform mounts), a
+        dataset whose listing (keys, sizes, ETags) matches the cached copy's is not fetched
+        again: not by the next attempt, not by another run on the node."""
         import time
 
+        uri = self.spec["dataset"]["uri"]
+        cache = os.environ.get("SPARSIFY_DATASET_CACHE")
+        if cache:
+            return cached_dataset(self.store, uri, Path(cache))
         root = self.work / "dataset"
         marker = root / ".complete"
         if marker.exists():
             return root
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            self.store.download_tree(self.spec["dataset"]["uri"], root)
+            self.store.download_tree(uri, root)
             marker.touch()
         else:
             while not marker.exists():
                 time.sleep(1)
         return root
+
+
+def dataset_manifest(objects: list) -> str:
+    return json.dumps([[o.key, size, etag] for o, size, etag in objects], separators=(",", ":"))
+
+
+def cached_dataset(store: Store, uri: str, cache: Path) -> Path:
+    """The dataset under `cache`, keyed by its URI and checked against its listing: reused when
+    the listing is what the copy was made from, fetched again (whole, atomically) otherwise.
+    One process per node fetches; the others wait on the lock."""
+    import fcntl
+    import hashlib
+    import shutil
+
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    root, manifest_file = cache / key, cache / f"{key}.manifest.json"
+    cache.mkdir(parents=True, exist_ok=True)
+    objects = store.list_detailed(uri)
+    manifest = dataset_manifest(objects)
+    with open(cache / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir() and manifest_file.exists() and manifest_file.read_text() == manifest:
+            log.info("dataset %s: reusing the node's copy (%d objects, listing unchanged)", uri, len(objects))
+            return root
+        tmp = cache / f".{key}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        store.download_tree(uri, tmp, objects)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+        manifest_file.write_text(manifest)
+        log.info("dataset %s: fetched %d objects into the node's cache", uri, len(objects))
+    return root
+
+
+def read_json(name: str, default=None):
+    """A stage's input: the file $NAME_FILE names (in a pod: its own annotation, mounted by the
+    operator) or, for local runs, the JSON in $NAME itself."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return json.loads(Path(path).read_text() or "null") or default
+    if name in os.environ:
+        return json.loads(os.environ[name])
+    if default is not None:
+        return default
+    raise KeyError(f"neither {name}_FILE nor {name} is set")
 
 
 def _summary_path() -> Path:
@@ -113,21 +165,45 @@ def run_validate(st: Stage) -> dict:
     uri = S3Uri.parse(st.spec["dataset"]["uri"])
     root = st.work / "dataset-sample"
     st.store.download(uri.join("data.yaml"), root / "data.yaml")
-    # A sample of images/labels is enough to judge the form; the listing gives the counts.
-    objects = st.store.list(uri)
+    # A sample of images and labels is enough to judge the form; the listing gives the counts.
+    objects = st.store.list_detailed(uri)
     base = uri.key.rstrip("/") + "/" if uri.key else ""
-    for obj in _sample_pairs([o.key[len(base):] for o in objects]):
-        st.store.download(uri.join(obj), root / obj)
-    problems = []
+    sample = set(_sample_pairs([o.key[len(base):] for o, _, _ in objects]))
+    st.store.download_tree(uri, root, [o for o in objects if o[0].key[len(base):] in sample])
+    problems = probe_output(st)
     try:
         weights = st.weights_path()
     except S3Error as e:
-        weights, problems = None, [f"model.weights {st.spec['model']['weights']} cannot be read: {e}"]
+        weights = None
+        problems.append(f"model.weights {st.spec['model']['weights']} cannot be read: {e}")
     result = validate(st.spec, root, st.recipe_text, weights, problems)
+    result["dataset"]["labelsTotal"] = sum(1 for o, _, _ in objects if o.key.endswith(".txt") and "labels/" in o.key)
     return {"stage": "validate", **result, "objects": len(objects)}
 
 
-def _sample_pairs(keys: list[str], per_split: int = 16) -> list[str]:
+def probe_output(st: Stage) -> list[str]:
+    """Write (and delete) a probe object under the run's own prefix: a missing bucket, a
+    read-only one or missing credentials show up now, not after an epoch of GPU time."""
+    import uuid
+
+    probe = st.out.join(f".probe-{uuid.uuid4().hex[:12]}")
+    try:
+        st.store.put_bytes(b"sparsify-worker write probe", probe, "text/plain")
+    except S3Error as e:
+        return [f"the output location {st.out} cannot be written ({e}): check output.bucket exists and that the run's credentials "
+                "may s3:PutObject under it"]
+    try:
+        st.store.delete(probe)
+    except S3Error as e:  # writing is what a run needs; deleting is not
+        log.warning("could not delete the write probe %s: %s", probe, e)
+    return []
+
+
+def _sample_pairs(keys: list[str], per_split: int = 16, labels: int = 2000) -> list[str]:
+    """The first images of each split with their labels, plus a deterministic sample of all
+    labels (class ids and coordinates are checked on those; validate says how many)."""
+    import random
+
     chosen = []
     keyset = set(keys)
     images = [k for k in keys if "/images/" in f"/{k}" or k.startswith("images/")]
@@ -140,8 +216,8 @@ def _sample_pairs(keys: list[str], per_split: int = 16) -> list[str]:
             label = str(Path(k.replace("images/", "labels/", 1)).with_suffix(".txt"))
             if label in keyset:
                 chosen.append(label)
-    # the whole labels tree is small and needed to check class ids everywhere
-    chosen += [k for k in keys if k.startswith("labels/") and k not in chosen]
+    all_labels = sorted(k for k in keys if k.endswith(".txt") and ("/labels/" in f"/{k}") and k not in chosen)
+    chosen += random.Random(0).sample(all_labels, min(labels, len(all_labels)))
     return chosen
 
 
@@ -178,9 +254,10 @@ def run_train(st: Stage) -> dict:
         data_dir=data_dir, recipe=text, recipe_variables=st.recipe_variables(text),
         out_dir=st.work / "train", batch_size=int(os.environ.get("SPARSIFY_BATCH_SIZE") or tr.get("batchSize", 16)),
         img_size=int(tr.get("imgSize", 640)), workers=min(4, os.cpu_count() or 1), weights=weights, resume_from=resume,
-        on_checkpoint=publish_checkpoint,
+        on_checkpoint=publish_checkpoint, run_uid=os.environ.get("SPARSIFY_UID", ""),
     )
     result = train(cfg)
+    result.pop("rankDigests", None)  # checked between the ranks after every epoch; not for the summary
     if rank != 0:
         sys.exit(0)  # rank 0 reports for the pod
     return {"stage": "train", **result, "resumed": resume is not None, "recipeUri": str(st.out.join("recipe.yaml")),

@@ -4,6 +4,10 @@ once QAT starts, a checkpoint every epoch (resumable with masks and QAT structur
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
+import json
+import datetime as dt
 import io
 import logging
 import math
@@ -19,7 +23,8 @@ from .model import ModelSpec, build, hyperparameters, sparsity
 from .weights import load_into, read_weights, resolve
 
 log = logging.getLogger("sparsify_worker.train")
-CHECKPOINT_VERSION = 2  # 2: layout, start_map50
+CHECKPOINT_VERSION = 3  # 2: layout, start_map50; 3: run_uid
+COLLECTIVE_TIMEOUT_SECONDS = 300
 
 
 @dataclass
@@ -38,6 +43,7 @@ class TrainConfig:
     resume_from: Path | None = None  # last.pt to resume from
     amp: bool = True
     seed: int = 0
+    run_uid: str = ""  # the SparsifyJob's uid: recorded in checkpoints; a resume refuses another run's
     # called on rank 0 after each epoch with (epoch, last.pt, best.pt or None): uploads to S3
     on_checkpoint: Callable[[int, Path, Path | None], None] | None = None
 
@@ -60,7 +66,10 @@ def init_distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        # An explicit bound on every collective: a rank whose peer died fails in minutes (and the
+        # Job's podFailurePolicy ends the group) instead of hanging until NCCL's default watchdog.
+        timeout = dt.timedelta(seconds=float(os.environ.get("YOLO_SPARSIFY_COLLECTIVE_TIMEOUT_SECONDS", COLLECTIVE_TIMEOUT_SECONDS)))
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -93,14 +102,49 @@ def mask_like(ema_model, model) -> None:
 
 
 def weights_digest(model) -> str:
-    """sha256 of every parameter: equal on all DDP ranks when they stayed in sync."""
+    """sha256 of every parameter: equal on all DDP ranks when they stayed in sync. (Buffers,
+    BatchNorm statistics and QAT observers, are each rank's own until DDP broadcasts rank 0's
+    at the next forward.)"""
     import hashlib
 
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def mask_digest(model) -> str:
+    """sha256 of where the weights are zero: the pruning masks, as every rank applies them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if p.dim() == 4:
+            h.update(name.encode())
+            h.update(p.detach().eq(0).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def broadcast_state(model) -> None:
+    """Every rank starts from rank 0's weights and buffers, before the recipe computes anything
+    from them (a mask from a rank's own initial weights would differ between ranks)."""
+    import torch.distributed as dist
+
+    for t in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(t.data, src=0)
+
+
+def check_ranks_agree(digests: dict, epoch: int) -> list[dict]:
+    """All ranks' digests (weights, masks) after an epoch; a rank that differs stops the run:
+    its result would not be the model the recipe describes."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digests)
+    if any(g != gathered[0] for g in gathered):
+        raise RuntimeError(f"DDP ranks diverged after epoch {epoch}: {gathered}")
+    return gathered
 
 
 def _optimizer(model, hyp: dict):
@@ -201,9 +245,9 @@ def distillation_loss(student_out: list, teacher, imgs):
 
 def cuda_oom_fault() -> tuple[int, int] | None:
     """Fault injection for tests (CPU has no CUDA memory to run out of):
-    SPARSIFY_FAULT_CUDA_OOM="STEP:BATCH" raises torch.cuda.OutOfMemoryError at training step
+    YOLO_SPARSIFY_FAULT_CUDA_OOM="STEP:BATCH" raises torch.cuda.OutOfMemoryError at training step
     STEP (counted from this process's start) while the per-process batch exceeds BATCH."""
-    raw = os.environ.get("SPARSIFY_FAULT_CUDA_OOM")
+    raw = os.environ.get("YOLO_SPARSIFY_FAULT_CUDA_OOM")
     if not raw:
         return None
     step, _, batch = raw.partition(":")
@@ -235,7 +279,7 @@ def train(cfg: TrainConfig) -> dict:
 
     shims.apply()
     dist_info, device = init_distributed()
-    torch.manual_seed(cfg.seed + dist_info.rank)
+    torch.manual_seed(cfg.seed)  # the same on every rank: the same model (the data loader seeds per rank itself)
     data = load_data_yaml(cfg.data_dir)
     hyp = hyperparameters()
     if cfg.batch_size % dist_info.world:
@@ -244,6 +288,9 @@ def train(cfg: TrainConfig) -> dict:
 
     recipe, variables = cfg.recipe, dict(cfg.recipe_variables or {})
     ckpt = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
+    if ckpt and cfg.run_uid and ckpt.get("run_uid") != cfg.run_uid:
+        raise ValueError(f"{cfg.resume_from} belongs to another run (uid {ckpt.get('run_uid') or 'not recorded'}, this run is "
+                         f"{cfg.run_uid}): refusing to resume from it")
     if ckpt and (ckpt["recipe"], ckpt.get("recipe_variables") or {}) != (recipe, variables):
         # a run keeps the schedule it started with: masks and QAT depend on it
         log.warning("resuming with the checkpoint's recipe schedule, not the one given now")
@@ -297,6 +344,8 @@ def train(cfg: TrainConfig) -> dict:
             optimizer.load_state_dict(opt_state)
         except (ValueError, KeyError) as e:  # e.g. QAT changed the parameter list
             log.warning("optimizer state not restored (%s); continuing with a fresh one", e)
+    if dist_info.world > 1:
+        broadcast_state(model)
     optimizer = manager.modify(model, optimizer, steps_per_epoch=steps, epoch=float(start_epoch))
 
     compute_loss = ComputeLoss(model)
@@ -317,14 +366,20 @@ def train(cfg: TrainConfig) -> dict:
     map50 = best_map50
     history = []
     fault, step = cuda_oom_fault(), 0
+    agreed: list[dict] = []  # per epoch: the ranks' common digests
+    wrappers = 1 if dist_info.world > 1 else 0  # live DDP wrappers: one, also after QAT re-wraps
     for epoch in range(start_epoch, epochs):
         t0 = time.monotonic()
+        order = None
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # a new order every epoch (the same on every rank)
+            order = hashlib.sha256(json.dumps(list(train_loader.sampler)).encode()).hexdigest()[:16]
         ddp.train()
         losses = []
         for imgs, targets, _, _ in train_loader:
             step += 1
             if fault and step >= fault[0] and per_rank > fault[1]:
-                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by SPARSIFY_FAULT_CUDA_OOM at step {step}, "
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by YOLO_SPARSIFY_FAULT_CUDA_OOM at step {step}, "
                                                   f"batch {per_rank} per process)")
             imgs = imgs.to(device, non_blocking=True).float() / 255
             with torch.autocast(device_type=device.type, enabled=use_cuda_amp and not qat):
@@ -342,7 +397,12 @@ def train(cfg: TrainConfig) -> dict:
                 qat = True
                 scaler = torch.cuda.amp.GradScaler(enabled=False)  # fake-quant observers need fp32
                 if dist_info.world > 1:
-                    ddp = DDP(model)  # QAT swapped modules: DDP must see the new parameters
+                    # QAT swapped modules: DDP must see the new parameters. The old wrapper goes
+                    # first: its reducer's gradient hooks on the shared parameters go with it.
+                    ddp = None
+                    gc.collect()
+                    ddp = DDP(model)
+                    wrappers = sum(isinstance(o, DDP) for o in gc.get_objects())
                 if ema:
                     ema = ModelEMA(model)  # the EMA needs the same (quantized) structure
                 log.info("QAT started at epoch %d: AMP off, EMA restarted", epoch)
@@ -364,6 +424,7 @@ def train(cfg: TrainConfig) -> dict:
                 "recipe_variables": variables, "model": model.state_dict(), "ema": ema.ema.state_dict(),
                 "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "map50": map50, "best_map50": best_map50,
                 "start_map50": start_map50, "batch_size": cfg.batch_size, "img_size": cfg.img_size, "quantized": qat, "sparsity": sparsity(model),
+                "run_uid": cfg.run_uid,
             }
             last = out / "last.pt"
             torch.save(ckpt, out / ".last.pt.tmp")
@@ -380,16 +441,19 @@ def train(cfg: TrainConfig) -> dict:
             print(f"epoch {epoch + 1}/{epochs} {entry}", flush=True)
             if cfg.on_checkpoint:
                 cfg.on_checkpoint(epoch, last, best)
+        digests = {"weights": weights_digest(model), "masks": mask_digest(model), "qat": qat}
         if dist_info.world > 1:
-            dist.barrier()
+            check_ranks_agree(digests, epoch)
+        agreed.append({"epoch": epoch, **digests, "order": order, "ddpWrappers": wrappers})  # order: this rank's share
     manager.finalize(model)
     final_sparsity = sparsity(model)
     digest = weights_digest(model)
     if dist_info.world > 1:
+        check_ranks_agree({"final": digest}, epochs)
         dist.destroy_process_group()
     return {"epochs": epochs, "startEpoch": start_epoch, "bestMap50": round(max(best_map50, 0.0), 4),
             "startMap50": None if start_map50 is None else round(start_map50, 4),
             "model": {"arch": spec.arch, "layout": spec.layout, "activation": spec.activation, "nc": spec.nc},
             "lastMap50": round(max(map50, 0.0), 4), "sparsity": round(final_sparsity, 4), "quantized": qat,
             "batchSize": cfg.batch_size, "world": dist_info.world, "rank": dist_info.rank, "weightsDigest": digest,
-            "history": history}
+            "rankDigests": agreed, "history": history}

@@ -110,7 +110,9 @@ def check_dataset(root: Path) -> tuple[list[str], dict]:
                 problems.append(f"dataset: image {sample.name} is not readable ({type(e).__name__})")
                 break
         bad_classes = set()
-        for label in labels_dir.rglob("*.txt"):
+        label_files = list(labels_dir.rglob("*.txt"))
+        stats["labelsChecked"] = stats.get("labelsChecked", 0) + len(label_files)
+        for label in label_files:
             for line in label.read_text().splitlines():
                 parts = line.split()
                 if not parts:
