@@ -6,13 +6,14 @@ place that knows how a stage pod looks."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from .api import (
-    ANNOTATION_BATCH_SIZE, API_VERSION, EXIT_GPU_OOM, EXIT_KILLED, GPU_RESOURCE, KIND, KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB,
-    LABEL_MANAGED_BY, LABEL_STAGE, MANAGED_BY, RENDEZVOUS_PORT,
+    ANNOTATION_BATCH_SIZE, ANNOTATION_INPUTS, ANNOTATION_SPEC, API_VERSION, EXIT_GPU_OOM, EXIT_KILLED, GPU_RESOURCE, KIND,
+    KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED_BY, LABEL_STAGE, MANAGED_BY, RENDEZVOUS_PORT, SPEC_DIR,
 )
-from .spec import output_uri, recipe_name
+from .spec import output_uri, recipe_name, reserved_env
 
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -20,11 +21,14 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 STAGE_BACKOFF = {"validate": 0, "export": 1, "benchmark": 1, "publish": 2}
 STAGE_DEADLINE_SECONDS = {"validate": 1800, "export": 3600, "benchmark": 3600, "publish": 900}
 STAGE_RESOURCES = {
-    "validate": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
-    "export": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "16Gi"}},
-    "benchmark": {"requests": {"cpu": "16", "memory": "8Gi"}, "limits": {"memory": "32Gi"}},
-    "publish": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+    "validate": {"requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "2Gi"}, "limits": {"memory": "4Gi"}},
+    "export": {"requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "4Gi"}, "limits": {"memory": "16Gi"}},
+    "benchmark": {"requests": {"cpu": "16", "memory": "8Gi", "ephemeral-storage": "4Gi"}, "limits": {"memory": "32Gi"}},
+    "publish": {"requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"}, "limits": {"memory": "2Gi"}},
 }
+# Scratch (/tmp) per CPU stage: the model, its dense twin and their ONNX files, with room to spare.
+DATASET_CACHE_DIR = "/var/cache/sparsify-datasets"
+STAGE_SCRATCH = {"validate": "4Gi", "export": "8Gi", "benchmark": "8Gi", "publish": "2Gi"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,13 @@ class OperatorConfig:
     gpu_tolerations: tuple[dict, ...] = (GPU_TOLERATION,)
     s3_endpoint: str = ""
     queue_name: str = ""
+    # A training pod requests these per GPU (scaled by gpusPerNode), so it is never BestEffort:
+    # a neighbour's memory pressure must not evict it first or look like its own OOM.
+    train_requests_per_gpu: tuple[tuple[str, str], ...] = (("cpu", "8"), ("memory", "48Gi"), ("ephemeral-storage", "20Gi"))
+    train_limits_per_gpu: tuple[tuple[str, str], ...] = ()
+    train_scratch_size: str = "100Gi"  # the dataset, checkpoints and exports under /tmp
+    start_deadline_seconds: int = 300  # a stage pod that cannot start by then fails the stage with the reason
+    dataset_cache_host_path: str = ""  # a node directory training pods keep datasets in between attempts and runs
 
 
 def job_name(sj_name: str, stage: str, attempt: int = 0) -> str:
@@ -63,8 +74,17 @@ def child_labels(sj: dict, stage: str, attempt: int) -> dict:
     return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: sj["metadata"]["name"], LABEL_STAGE: stage, LABEL_ATTEMPT: str(attempt)}
 
 
-def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | None, inputs: dict, config: OperatorConfig) -> list[dict]:
+def network_policy_name(sj_name: str) -> str:
+    return f"{sj_name}-train"
+
+
+def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | None, config: OperatorConfig) -> list[dict]:
+    """The user's variables first, then the operator's and the platform's: for a duplicate name
+    the last entry wins, and a reserved name from the spec is dropped besides (admission
+    refuses it; an object stored before that rule must not get through either)."""
     meta = sj["metadata"]
+    user = [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []
+            if isinstance(e, dict) and isinstance(e.get("name"), str) and not reserved_env(e["name"])]
     env = [
         {"name": "SPARSIFY_STAGE", "value": stage},
         {"name": "SPARSIFY_NAMESPACE", "value": meta["namespace"]},
@@ -72,9 +92,11 @@ def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | 
         {"name": "SPARSIFY_UID", "value": meta["uid"]},
         {"name": "SPARSIFY_ATTEMPT", "value": str(attempt)},
         {"name": "SPARSIFY_RECIPE", "value": recipe_name(spec)},
-        {"name": "SPARSIFY_OUTPUT_URI", "value": output_uri(spec, meta["namespace"], meta["name"])},
-        {"name": "SPARSIFY_SPEC", "value": json.dumps(spec, sort_keys=True, separators=(",", ":"))},
-        {"name": "SPARSIFY_INPUTS", "value": json.dumps(inputs, sort_keys=True, separators=(",", ":"))},
+        {"name": "SPARSIFY_OUTPUT_URI", "value": output_uri(spec, meta["namespace"], meta["name"], meta["uid"])},
+        # The spec is a file (the pod's own annotation, mounted): as an environment variable a
+        # long inline recipe would pass the kernel's 128 KiB limit and the pod could not start.
+        {"name": "SPARSIFY_SPEC_FILE", "value": f"{SPEC_DIR}/spec.json"},
+        {"name": "SPARSIFY_INPUTS_FILE", "value": f"{SPEC_DIR}/inputs.json"},
         {"name": "AWS_REGION", "value": spec["output"].get("region", "us-east-1")},
         {"name": "AWS_DEFAULT_REGION", "value": spec["output"].get("region", "us-east-1")},
         {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
@@ -82,12 +104,41 @@ def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | 
     ]
     if batch_size is not None:
         env.append({"name": "SPARSIFY_BATCH_SIZE", "value": str(batch_size)})
+    if stage == "train" and config.dataset_cache_host_path:
+        env.append({"name": "SPARSIFY_DATASET_CACHE", "value": DATASET_CACHE_DIR})
     endpoint = spec["output"].get("endpoint") or config.s3_endpoint
     if endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": endpoint})
     env += [{"name": k, "value": v} for k, v in config.extra_env]
-    env += [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []]
-    return env
+    return user + env
+
+
+def _compact(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # UTF-8 as is: no 6-byte escapes
+
+
+def scaled_quantity(quantity: str, factor: int) -> str:
+    """'8' x 4 -> '32', '48Gi' x 2 -> '96Gi', '500m' x 3 -> '1500m' (a Kubernetes quantity times n)."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", quantity.strip())
+    if not m:
+        raise ValueError(f"not a plain quantity: {quantity!r}")
+    value = float(m.group(1)) * factor
+    return f"{int(value) if value == int(value) else value}{m.group(2)}"
+
+
+def train_resources(spec: dict, config: OperatorConfig) -> dict:
+    """Platform per-GPU requests (and limits) scaled by gpusPerNode, then the spec's own
+    resources over them, then the GPUs."""
+    tr = spec["training"]
+    gpus = int(tr["gpusPerNode"])
+    base = {"requests": {k: scaled_quantity(v, gpus) for k, v in config.train_requests_per_gpu}}
+    if config.train_limits_per_gpu:
+        base["limits"] = {k: scaled_quantity(v, gpus) for k, v in config.train_limits_per_gpu}
+    user = tr.get("resources") or {}
+    for kind in ("requests", "limits"):
+        if isinstance(user.get(kind), dict):
+            base.setdefault(kind, {}).update(user[kind])
+    return _merge_resources(base, {"limits": {GPU_RESOURCE: str(gpus)}})
 
 
 def train_command(sj: dict, spec: dict, attempt: int, config: OperatorConfig) -> list[str]:
@@ -117,22 +168,31 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
     if gpu:
         image = tr.get("image") or config.trainer_image
         command = train_command(sj, spec, attempt, config)
-        resources = _merge_resources(tr.get("resources") or {}, {"limits": {GPU_RESOURCE: str(tr["gpusPerNode"])}})
+        resources = train_resources(spec, config)
     else:
         image = config.cpu_image
         command = [*config.worker_command, stage]
         resources = STAGE_RESOURCES[stage]
-    volumes = [{"name": "tmp", "emptyDir": {}}]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": config.train_scratch_size if gpu else STAGE_SCRATCH[stage]}},
+        {"name": "spec", "downwardAPI": {"items": [
+            {"path": "spec.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}},
+            {"path": "inputs.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_INPUTS}']"}},
+        ]}},
+    ]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
     if gpu:  # PyTorch DataLoader workers share tensors through /dev/shm
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if gpu and config.dataset_cache_host_path:
+        volumes.append({"name": "datasets", "hostPath": {"path": config.dataset_cache_host_path, "type": "DirectoryOrCreate"}})
+        mounts.append({"name": "datasets", "mountPath": DATASET_CACHE_DIR})
     container = {
         "name": stage,
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": command,
-        "env": stage_env(sj, spec, stage, attempt, batch_size, inputs or {}, config),
+        "env": stage_env(sj, spec, stage, attempt, batch_size, config),
         "resources": resources,
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
@@ -157,9 +217,10 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
         pod_spec["automountServiceAccountToken"] = True
     else:
         pod_spec["automountServiceAccountToken"] = False
+    pod_annotations = {ANNOTATION_SPEC: _compact(spec), ANNOTATION_INPUTS: _compact(inputs or {})}
     job_spec: dict = {
         "backoffLimit": int(tr["backoffLimit"]) if gpu else STAGE_BACKOFF[stage],
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels, "annotations": pod_annotations}, "spec": pod_spec},
     }
     if gpu:
         pod_spec["tolerations"] = [*config.gpu_tolerations, *(tr.get("tolerations") or [])]
@@ -168,14 +229,23 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
             pod_spec["nodeSelector"] = dict(selector)
         if tr.get("activeDeadlineSeconds"):
             job_spec["activeDeadlineSeconds"] = int(tr["activeDeadlineSeconds"])
-        # OOM (the kernel's: 137, or CUDA's: 75) fails the attempt at once: the operator resumes it
-        # with half the batch size. Node loss or preemption does not count against backoffLimit.
-        job_spec["podFailurePolicy"] = {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]}
         nodes = int(tr["nodes"])
-        if nodes > 1:
+        if nodes == 1:
+            # OOM (the kernel's: 137, or CUDA's: 75) fails the attempt at once: the operator resumes
+            # it with half the batch size. Node loss or preemption does not count against backoffLimit.
+            job_spec["podFailurePolicy"] = {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]}
+        else:
+            # A group fails whole: one rank's failure (or its node's loss) ends the attempt at once,
+            # the Job controller stops the other ranks (instead of leaving them to hang in a
+            # collective), and the operator resumes the whole group from the last checkpoint.
+            job_spec["podFailurePolicy"] = {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "NotIn", "values": [0]}},
+                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]}
+            job_spec["backoffLimit"] = 0  # group restarts are the operator's new attempts (training.backoffLimit)
             job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
             pod_spec["subdomain"] = rendezvous_service_name(sj["metadata"]["name"])
     else:
@@ -214,6 +284,20 @@ def construct_rendezvous_service(sj: dict) -> dict:
             "selector": {LABEL_JOB: name, LABEL_STAGE: "train"},
             "ports": [{"name": "c10d", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
         },
+    }
+
+
+def construct_network_policy(sj: dict) -> dict:
+    """Multi-node training: the ranks' ports (the c10d rendezvous store unpickles what it
+    receives; NCCL's own) are open only to the same SparsifyJob's training pods."""
+    name = sj["metadata"]["name"]
+    train_pods = {"matchLabels": {LABEL_JOB: name, LABEL_STAGE: "train"}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": network_policy_name(name), "namespace": sj["metadata"]["namespace"],
+                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name}, "ownerReferences": [owner_reference(sj)]},
+        "spec": {"podSelector": train_pods, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": train_pods}]}]},
     }
 
 

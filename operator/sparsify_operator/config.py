@@ -7,6 +7,9 @@ import os
 
 from .builders import OperatorConfig
 
+# Liveness fails when the resync loop has not completed for this many periods.
+LIVENESS_MISSED_RESYNCS = 4
+
 
 def _argv(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = os.environ.get(name)
@@ -33,7 +36,23 @@ def from_env() -> OperatorConfig:
         gpu_tolerations=tuple(json.loads(os.environ["SPARSIFY_DEFAULT_GPU_TOLERATIONS"])) if os.environ.get("SPARSIFY_DEFAULT_GPU_TOLERATIONS") else d.gpu_tolerations,
         s3_endpoint=os.environ.get("SPARSIFY_DEFAULT_S3_ENDPOINT", ""),
         queue_name=os.environ.get("SPARSIFY_DEFAULT_QUEUE_NAME", ""),
+        train_requests_per_gpu=_quantities("SPARSIFY_TRAIN_REQUESTS_PER_GPU", d.train_requests_per_gpu),
+        train_limits_per_gpu=_quantities("SPARSIFY_TRAIN_LIMITS_PER_GPU", d.train_limits_per_gpu),
+        train_scratch_size=os.environ.get("SPARSIFY_TRAIN_SCRATCH_SIZE") or d.train_scratch_size,
+        start_deadline_seconds=int(os.environ.get("SPARSIFY_START_DEADLINE_SECONDS") or d.start_deadline_seconds),
+        dataset_cache_host_path=os.environ.get("SPARSIFY_DATASET_CACHE_HOST_PATH", ""),
     )
+
+
+def _quantities(name: str, default: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """A JSON object of resource name -> quantity ('{"cpu": "8", "memory": "48Gi"}')."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = json.loads(raw or "{}")
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object of resource quantities, got {raw!r}")
+    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
 
 
 def watched_namespaces() -> list[str]:

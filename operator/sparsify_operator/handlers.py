@@ -7,19 +7,22 @@ operator."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
+import time
 from collections import defaultdict
 
 import kopf
 from kubernetes import client, config as kube_config
+from kubernetes.client.rest import ApiException
 
 from . import config, metrics
 from .api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .cache import Cache
-from .kube import Kube
-from .observe import observe, observe_needs_pods
-from .reconcile import TERMINAL, plan
+from .kube import Kube, body_text
+from .observe import observe, observe_needs_pods, observe_needs_waiting_pods
+from .reconcile import TERMINAL, plan, refused
 from .status import merge_patch
 
 log = logging.getLogger("sparsify_operator")
@@ -48,10 +51,21 @@ def reconcile(namespace: str, name: str) -> None:
             return
         jobs = cache.jobs_of(sj)
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        p = plan(sj, observe(jobs, _finished_pods(kube, jobs)), _state["config"], now)
+        pods, events = _pods_and_events(kube, jobs)
+        p = plan(sj, observe(jobs, pods, events), _state["config"], now)
+        for job_name, why in p.give_up:  # before the status says so: a restart then still sees it
+            cache.put_job(kube.give_up(namespace, job_name, why))
+            log.warning("%s/%s: stopped Job %s: %s", namespace, name, job_name, why)
         created = set()
         for manifest in p.create:
-            new, obj = kube.create(manifest)
+            try:
+                new, obj = kube.create(manifest)
+            except ApiException as e:
+                if not _refusal(e):
+                    raise
+                p.status, event = refused(sj, p.status, manifest["kind"], manifest["metadata"]["name"], e.status, _server_message(e), now)
+                p.events = [event]
+                break
             if manifest["kind"] == "Job" and obj:
                 cache.put_job(obj)  # read-your-writes: the next reconcile sees it even before its watch event
             if new and manifest["kind"] == "Job":
@@ -77,6 +91,34 @@ def reconcile(namespace: str, name: str) -> None:
                 seconds = _seconds_between(st.get("startTime"), st.get("completionTime"))
                 if seconds is not None:
                     metrics.STAGE_SECONDS.labels(stage, st["phase"]).observe(seconds)
+
+
+def _refusal(e: ApiException) -> bool:
+    """A 4xx the API server will give again for the same object: not a conflict (409: it exists),
+    not throttling (429), not a namespace going away (the object goes with it)."""
+    return 400 <= (e.status or 0) < 500 and e.status not in (409, 429) and "NamespaceTerminating" not in body_text(e)
+
+
+def _server_message(e: ApiException) -> str:
+    try:
+        return json.loads(body_text(e)).get("message") or str(e.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(e.reason)
+
+
+def _pods_and_events(kube: Kube, jobs: list[dict]) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """The pods of finished Jobs (read once, kept) and of Jobs whose pods are not up yet (read
+    each time: they say why they are not starting), and the FailedCreate events of a Job that
+    has no pod at all."""
+    pods = _finished_pods(kube, jobs)
+    events: dict[str, list[dict]] = {}
+    for job in jobs:
+        if observe_needs_waiting_pods(job):
+            name = job["metadata"]["name"]
+            pods[name] = kube.pods_of_job(job)
+            if not pods[name]:
+                events[name] = kube.failed_creates(job)
+    return pods, events
 
 
 def _finished_pods(kube: Kube, jobs: list[dict]) -> dict[str, list[dict]]:
@@ -122,9 +164,24 @@ def startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.scanning.disabled = True  # our resources are known: no need to watch CRDs (and no RBAC for it)
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
+    # Only the operator's own Jobs are listed and watched, filtered by the API server (a cluster's
+    # other Jobs never reach this process).
+    settings.watching.label_selectors["batch", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     _relist()  # the cache is complete before the first event is handled
+    _state["resynced"] = time.monotonic()
     metrics.serve(config.metrics_port())
     threading.Thread(target=_resync_loop, name="resync", daemon=True).start()
+
+
+@kopf.on.probe(id="resync", errors=kopf.ErrorsMode.PERMANENT)
+def resync_is_alive(**_) -> float:
+    """Liveness: the periodic resync (the safety net for anything a watch missed) must keep
+    completing; a thread stuck in a call makes the pod restart instead of looking healthy."""
+    age = time.monotonic() - _state.get("resynced", time.monotonic())
+    limit = config.resync_seconds() * config.LIVENESS_MISSED_RESYNCS
+    if age > limit:
+        raise kopf.PermanentError(f"the resync loop has not completed for {age:.0f}s (limit {limit:.0f}s)")
+    return round(age, 1)
 
 
 def _resync_loop() -> None:
@@ -137,6 +194,7 @@ def _resync_loop() -> None:
             for sj in cache.sparsifyjobs():
                 if (sj.get("status") or {}).get("phase") not in TERMINAL:
                     safe_reconcile(sj["metadata"]["namespace"], sj["metadata"]["name"])
+            _state["resynced"] = time.monotonic()
         except Exception as e:  # noqa: BLE001
             log.warning("resync failed: %s", e)
 

@@ -12,9 +12,14 @@ import uuid
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from .api import GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from .api import ANNOTATION_FAILED, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger("sparsify_operator")
+# Every call is bounded (connect, read seconds): a hung connection must never hold a worker
+# thread forever while the liveness probe stays green.
+TIMEOUT = (5, 30)
+LIST_TIMEOUT = (5, 120)
+PAGE = 500  # relists come in pages: a cluster with thousands of Jobs is never one giant response
 
 
 def _now() -> str:
@@ -30,29 +35,60 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.instance = socket.gethostname()
 
     @staticmethod
     def _raw(resp) -> dict:
         return json.loads(resp.data)
 
+    def _paged(self, call, *args, **kwargs) -> dict:
+        """All pages of a list; the result carries the first page's resourceVersion (the
+        snapshot every page is served from)."""
+        first, items, token = None, [], None
+        while True:
+            page = self._raw(call(*args, limit=PAGE, _continue=token, _preload_content=False, _request_timeout=LIST_TIMEOUT, **kwargs))
+            first = first or page
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return {**first, "items": items}
+
     def list_sparsifyjobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
         """Every SparsifyJob (in the watched namespaces) and the oldest list's resourceVersion."""
-        lists = [self._raw(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False))] if not namespaces else [
-            self._raw(self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _preload_content=False)) for ns in namespaces]
+        if not namespaces:
+            lists = [self._paged(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)]
+        else:
+            lists = [self._paged(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL) for ns in namespaces]
         return _items_and_oldest_rv(lists)
 
     def list_stage_jobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
         """Every Job this operator made (in the watched namespaces) and the oldest list's resourceVersion."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        lists = [self._raw(self.batch.list_job_for_all_namespaces(label_selector=selector, _preload_content=False))] if not namespaces else [
-            self._raw(self.batch.list_namespaced_job(ns, label_selector=selector, _preload_content=False)) for ns in namespaces]
+        if not namespaces:
+            lists = [self._paged(self.batch.list_job_for_all_namespaces, label_selector=selector)]
+        else:
+            lists = [self._paged(self.batch.list_namespaced_job, ns, label_selector=selector) for ns in namespaces]
         return _items_and_oldest_rv(lists)
 
     def pods_of_job(self, job: dict) -> list[dict]:
         """The pods of this very Job (by its uid, not a namesake's)."""
         selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
-        return self._raw(self.core.list_namespaced_pod(job["metadata"]["namespace"], label_selector=selector, _preload_content=False))["items"]
+        return self._raw(self.core.list_namespaced_pod(job["metadata"]["namespace"], label_selector=selector, _preload_content=False,
+                                                       _request_timeout=TIMEOUT))["items"]
+
+    def failed_creates(self, job: dict) -> list[dict]:
+        """The Job controller's FailedCreate events for this Job (why it has no pod: a quota, a
+        policy)."""
+        selector = f"involvedObject.uid={job['metadata']['uid']},reason=FailedCreate"
+        return self._raw(self.core.list_namespaced_event(job["metadata"]["namespace"], field_selector=selector,
+                                                         _preload_content=False, _request_timeout=TIMEOUT))["items"]
+
+    def give_up(self, namespace: str, name: str, why: str) -> dict:
+        """Stop a stage Job whose pods could not start: the annotation records why (and is what
+        a restarted operator reads), suspending it removes its pods and frees what they hold."""
+        body = {"metadata": {"annotations": {ANNOTATION_FAILED: why[:1024]}}, "spec": {"suspend": True}}
+        return self._raw(self.batch.patch_namespaced_job(name, namespace, body, _preload_content=False, _request_timeout=TIMEOUT))
 
     def create(self, manifest: dict) -> tuple[bool, dict | None]:
         """(True, the object) if created now; (False, the existing Job) if it already existed
@@ -60,23 +96,27 @@ class Kube:
         ns = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Job":
-                return True, self._raw(self.batch.create_namespaced_job(ns, manifest, _preload_content=False))
+                return True, self._raw(self.batch.create_namespaced_job(ns, manifest, _preload_content=False, _request_timeout=TIMEOUT))
             if manifest["kind"] == "Service":
-                return True, self._raw(self.core.create_namespaced_service(ns, manifest, _preload_content=False))
+                return True, self._raw(self.core.create_namespaced_service(ns, manifest, _preload_content=False, _request_timeout=TIMEOUT))
+            if manifest["kind"] == "NetworkPolicy":
+                return True, self._raw(self.networking.create_namespaced_network_policy(ns, manifest, _preload_content=False,
+                                                                                        _request_timeout=TIMEOUT))
             raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:
             if e.status == 409:
                 if manifest["kind"] == "Job":  # what we missed: the next reconcile must see it
-                    return False, self._raw(self.batch.read_namespaced_job(manifest["metadata"]["name"], ns, _preload_content=False))
+                    return False, self._raw(self.batch.read_namespaced_job(manifest["metadata"]["name"], ns, _preload_content=False,
+                                                                           _request_timeout=TIMEOUT))
                 return False, None
-            if e.status == 403 and "NamespaceTerminating" in (e.body or ""):
+            if e.status == 403 and "NamespaceTerminating" in body_text(e):
                 return False, None  # the namespace (and this SparsifyJob) is going away
             raise
 
     def patch_status(self, namespace: str, name: str, patch: dict) -> dict:
         """Merge-patch the status subresource; the object as it is now."""
         return self._raw(self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch},
-                                                                            _preload_content=False))
+                                                                            _preload_content=False, _request_timeout=TIMEOUT))
 
     def post_event(self, sj: dict, kind: str, reason: str, message: str) -> None:
         meta = sj["metadata"]
@@ -90,9 +130,15 @@ class Kube:
             "firstTimestamp": now, "lastTimestamp": now, "eventTime": _micro_now(), "action": reason, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as e:  # events are best effort
-            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+            self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=TIMEOUT)
+        except (ApiException, OSError) as e:  # events are best effort
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(e, "reason", e))
+
+
+def body_text(e: ApiException) -> str:
+    """The response body of a failed call (bytes when the call did not preload content)."""
+    body = e.body or ""
+    return body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
 
 
 def _items_and_oldest_rv(lists: list[dict]) -> tuple[list[dict], int | None]:

@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .api import ANNOTATION_BATCH_SIZE, EXIT_GPU_OOM, EXIT_KILLED, LABEL_ATTEMPT, LABEL_STAGE
+from .api import ANNOTATION_BATCH_SIZE, ANNOTATION_FAILED, EXIT_GPU_OOM, EXIT_KILLED, LABEL_ATTEMPT, LABEL_STAGE
 
 OOM_REASONS = ("OOMKilled", "GPUOutOfMemory")
+# Container waiting reasons that will not clear up by themselves (a missing Secret or key, an
+# image that cannot be pulled or run): said in status at once, failed at the start deadline.
+STUCK_REASONS = ("CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                 "ErrImageNeverPull", "RunContainerError")
 
 
 @dataclass
@@ -27,6 +31,10 @@ class Attempt:
     message: str = ""
     summary: dict = field(default_factory=dict)  # the worker's JSON termination message
     pods_failed: int = 0
+    created: str | None = None  # the Job's creationTimestamp
+    waiting_reason: str | None = None  # why a pod of an unfinished attempt has not started (Unschedulable, ...)
+    waiting_message: str = ""
+    pending_since: str | None = None  # when the wait for its pods to start began
 
     @property
     def finished(self) -> bool:
@@ -80,7 +88,26 @@ def parse_summary(message: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def observe_attempt(job: dict, pods: list[dict]) -> Attempt:
+def waiting(pods: list[dict], events: list[dict] | None = None) -> tuple[str | None, str]:
+    """Why the pods of an unfinished Job are not running: a stuck container, an unschedulable
+    pod, or (no pod at all) the Job controller's FailedCreate (e.g. a quota)."""
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            w = (cs.get("state") or {}).get("waiting") or {}
+            if w.get("reason") in STUCK_REASONS:
+                return w["reason"], w.get("message") or ""
+    for pod in pods:
+        for c in pod.get("status", {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return c.get("reason") or "Unschedulable", c.get("message") or ""
+    refused = [e for e in events or [] if e.get("reason") == "FailedCreate"] if not pods else []
+    if refused:
+        last = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return "FailedCreate", last.get("message") or ""
+    return None, ""
+
+
+def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = None) -> Attempt:
     meta = job["metadata"]
     labels = meta.get("labels") or {}
     status = job.get("status") or {}
@@ -90,8 +117,14 @@ def observe_attempt(job: dict, pods: list[dict]) -> Attempt:
         batch = None
     a = Attempt(stage=labels.get(LABEL_STAGE, "?"), attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0), job=meta["name"],
                 state="Pending", batch_size=batch, start_time=status.get("startTime"),
-                completion_time=status.get("completionTime"), pods_failed=int(status.get("failed") or 0))
+                completion_time=status.get("completionTime"), pods_failed=int(status.get("failed") or 0),
+                created=meta.get("creationTimestamp"))
     complete, failed = _condition(job, "Complete"), _condition(job, "Failed")
+    given_up = (meta.get("annotations") or {}).get(ANNOTATION_FAILED)
+    if given_up and not complete:  # the operator stopped it: its pods could not start in time
+        a.state = "Failed"
+        a.reason, _, a.message = given_up.partition(": ")
+        return a
     if complete:
         a.state = "Succeeded"
         done = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
@@ -106,7 +139,10 @@ def observe_attempt(job: dict, pods: list[dict]) -> Attempt:
         a.completion_time = a.completion_time or failed.get("lastTransitionTime")
         bad = [p for p in pods if p.get("status", {}).get("phase") == "Failed" and _terminated(p)]
         bad.sort(key=lambda p: (_terminated(p) or {}).get("finishedAt") or "")
-        t = _terminated(bad[-1]) if bad else None
+        # One pod's retries: the last says how it ended. A group (Indexed, one pod per node): the
+        # first failed rank is the cause; the others were stopped because of it.
+        group = (job.get("spec") or {}).get("completionMode") == "Indexed"
+        t = _terminated(bad[0] if group else bad[-1]) if bad else None
         if t:
             a.exit_code = t.get("exitCode")
             a.message = t.get("message", "")
@@ -125,23 +161,45 @@ def observe_attempt(job: dict, pods: list[dict]) -> Attempt:
             a.message = failed.get("message", "")
     elif (job.get("spec") or {}).get("suspend"):
         a.state = "Suspended"
-    elif int(status.get("active") or 0) > 0 and (int(status.get("ready") or 0) > 0
-                                                  or any(p.get("status", {}).get("phase") == "Running" for p in pods)):
-        a.state = "Running"
+    else:
+        active, ready = int(status.get("active") or 0), int(status.get("ready") or 0)
+        ended = int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
+        pending = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending")]
+        if active > 0 and (ready >= active or (pods and not pending)):
+            a.state = "Running"  # every pod (every rank of a group) is up
+        elif active == 0 and ended:
+            a.state = "Running"  # its pods are done; the Job controller has yet to say how it ended
+        else:
+            a.waiting_reason, a.waiting_message = waiting(pods, events)
+            # how long it has been waiting: since its oldest pod that has not started (a pod the
+            # Job recreates after a failure starts its own clock), or since the Job started
+            since = [p["metadata"]["creationTimestamp"] for p in pending if (p.get("metadata") or {}).get("creationTimestamp")]
+            a.pending_since = min(since) if since else (a.start_time or a.created)
     return a
 
 
 def observe_needs_pods(job: dict) -> bool:
-    """Only a finished Job's pods add anything (exit codes, OOM, termination messages); a
-    running one shows as such in the Job's own status (`ready`)."""
+    """A finished Job's pods say how it ended (exit codes, OOM, termination messages); they no
+    longer change."""
     return bool(_condition(job, "Complete") or _condition(job, "Failed"))
 
 
-def observe(jobs: list[dict], pods_by_job: dict[str, list[dict]]) -> dict[str, list[Attempt]]:
+def observe_needs_waiting_pods(job: dict) -> bool:
+    """An unfinished, unsuspended Job not all of whose pods are ready: its pods say whether they
+    run, or why not (a missing Secret, unschedulable). Read on every reconcile while it lasts."""
+    meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+    active, ready = int(status.get("active") or 0), int(status.get("ready") or 0)
+    return not (observe_needs_pods(job) or spec.get("suspend") or (meta.get("annotations") or {}).get(ANNOTATION_FAILED)
+                or (active > 0 and ready >= active))
+
+
+def observe(jobs: list[dict], pods_by_job: dict[str, list[dict]], events_by_job: dict[str, list[dict]] | None = None
+            ) -> dict[str, list[Attempt]]:
     """stage -> attempts in order."""
     out: dict[str, list[Attempt]] = {}
     for job in jobs:
-        a = observe_attempt(job, pods_by_job.get(job["metadata"]["name"], []))
+        name = job["metadata"]["name"]
+        a = observe_attempt(job, pods_by_job.get(name, []), (events_by_job or {}).get(name))
         out.setdefault(a.stage, []).append(a)
     for attempts in out.values():
         attempts.sort(key=lambda a: a.attempt)

@@ -3,15 +3,17 @@ the status to write and the events to post. Handlers only execute the plan."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from .api import STAGE_PHASES, STAGES
-from .builders import OperatorConfig, construct_job, construct_rendezvous_service
+from .builders import OperatorConfig, construct_job, construct_network_policy, construct_rendezvous_service
 from .observe import Attempt
 from .spec import SpecError, normalized, recipe_name, world_size
 from .status import condition, conditions, human_size
 
 TERMINAL = ("Succeeded", "Failed")
+NOT_RESUMED = ("DeadlineExceeded", "StartDeadlineExceeded")
 MESSAGE_LIMIT = 512
 VERDICTS = ("NativelyRun", "FasterThanDense", "AccuracyRetained")
 
@@ -21,6 +23,7 @@ class Plan:
     create: list[dict] = field(default_factory=list)
     status: dict = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    give_up: list[tuple[str, str]] = field(default_factory=list)  # (Job name, "reason: message"): stop it, its pods never started
 
 
 def halved_batch(batch: int | None, world: int) -> int | None:
@@ -31,18 +34,53 @@ def halved_batch(batch: int | None, world: int) -> int | None:
     return new if new >= world else None
 
 
+def resumable(spec: dict, attempt: Attempt) -> bool:
+    """A failed training attempt that a new attempt resumes from the last checkpoint: one killed
+    (OOM, SIGKILL) and, for a multi-node group, any rank's failure (the group fails whole)."""
+    if attempt.state != "Failed" or attempt.reason in NOT_RESUMED:
+        return False
+    return attempt.killed or int(spec["training"]["nodes"]) > 1
+
+
 def next_train_attempt(spec: dict, attempts: list[Attempt]) -> int | None:
-    """Batch size of the next training attempt after a SIGKILL, or None when retries are spent:
-    OOM halves the batch (up to maxOOMRetries); any other kill keeps it (up to backoffLimit)."""
+    """Batch size of the next training attempt after a resumable failure, or None when retries
+    are spent: OOM halves the batch (up to maxOOMRetries); anything else keeps it (up to
+    backoffLimit)."""
     last = attempts[-1]
     earlier = attempts[:-1]
     if last.oom:
         if sum(a.oom for a in earlier) >= int(spec["training"]["maxOOMRetries"]):
             return None
         return halved_batch(last.batch_size, world_size(spec))
-    if sum(a.reason == "Killed" for a in earlier) >= int(spec["training"]["backoffLimit"]):
+    if sum(not a.oom for a in earlier) >= int(spec["training"]["backoffLimit"]):
         return None
     return last.batch_size
+
+
+def _seconds(since: str | None, now: str) -> float | None:
+    try:
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        return (dt.datetime.strptime(now, fmt) - dt.datetime.strptime(since, fmt)).total_seconds()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def start_overdue(attempt: Attempt, config: OperatorConfig, now: str) -> bool:
+    """An unfinished attempt whose pods are not all running, past the start deadline (counted
+    from its oldest waiting pod, else the Job's start: a Job Kueue holds suspended has not
+    started)."""
+    if attempt.state != "Pending":
+        return False
+    age = _seconds(attempt.pending_since, now)
+    return age is not None and age > config.start_deadline_seconds
+
+
+def group_children(sj: dict, spec: dict) -> list[dict]:
+    """What a multi-node training attempt needs besides its Job: the rendezvous Service and the
+    NetworkPolicy that keeps other pods away from the ranks' ports."""
+    if int(spec["training"]["nodes"]) <= 1:
+        return []
+    return [construct_rendezvous_service(sj), construct_network_policy(sj)]
 
 
 def stage_status(attempts: list[Attempt]) -> dict:
@@ -56,6 +94,8 @@ def stage_status(attempts: list[Attempt]) -> dict:
         "exitCode": last.exit_code,
         "reason": last.reason,
         "message": (last.summary.get("error") or last.message or "")[:MESSAGE_LIMIT] if last.state == "Failed" else None,
+        "waitingReason": last.waiting_reason if last.state == "Pending" else None,
+        "waitingMessage": last.waiting_message[:MESSAGE_LIMIT] if last.state == "Pending" and last.waiting_reason else None,
         "batchSize": last.batch_size,
         "podFailures": sum(a.pods_failed for a in attempts) or None,
     }
@@ -144,46 +184,52 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
             p.events.append(("Warning", "InvalidSpec", str(e)))
         return p
 
+    if old.get("phase") in TERMINAL:
+        # A finished run is never restarted and its status never rewritten: once its pods (or
+        # Jobs) are gone, re-reading them would find nothing and wipe the results.
+        p.status = old
+        return p
+
     summaries: dict[str, dict] = {}
     stages: dict[str, dict] = {}
     phase, reason, message = "Succeeded", "Succeeded", "all stages succeeded"
-    latched = old.get("phase") in TERMINAL  # a finished run is never restarted
     for stage in STAGES:
         attempts = observed.get(stage, [])
         if not attempts:
-            if latched:
-                phase, reason, message = old["phase"], "Finished", "finished earlier"
-                break
             batch = int(spec["training"]["batchSize"]) if stage == "train" else None
             job = construct_job(sj, spec, stage, 0, config, batch, summaries)
-            p.create.append(job)
-            if stage == "train" and int(spec["training"]["nodes"]) > 1:
-                p.create.insert(0, construct_rendezvous_service(sj))
+            p.create += [*(group_children(sj, spec) if stage == "train" else []), job]
             stages[stage] = {"phase": "Pending", "job": job["metadata"]["name"], "attempts": 1}
             phase, reason, message = STAGE_PHASES[stage], "StageRunning", f"{stage}: Job {job['metadata']['name']} created"
             break
         last = attempts[-1]
+        if start_overdue(last, config, now):
+            why = last.waiting_reason or "NotStarted"
+            detail = last.waiting_message or "no pod of the Job started"
+            last.state, last.reason = "Failed", "StartDeadlineExceeded"
+            last.message = f"{why}: {detail} (not started within {config.start_deadline_seconds}s)"
+            p.give_up.append((last.job, f"{last.reason}: {last.message}"))
         stages[stage] = stage_status(attempts)
         if last.state == "Succeeded":
             summaries[stage] = last.summary
             continue
         if last.state == "Failed":
-            if stage == "train" and last.killed and not latched:
+            if stage == "train" and resumable(spec, last):
                 retry = next_train_attempt(spec, attempts)
                 if retry is not None:
                     new_batch = retry
                     job = construct_job(sj, spec, stage, last.attempt + 1, config, new_batch, summaries)
-                    p.create.append(job)
-                    if int(spec["training"]["nodes"]) > 1:
-                        p.create.insert(0, construct_rendezvous_service(sj))
+                    p.create += [*group_children(sj, spec), job]
                     if last.oom:
                         what = "ran out of GPU memory (CUDA OOM)" if last.reason == "GPUOutOfMemory" else "was OOM-killed"
                         p.events.append(("Warning", "OOMRetry",
                                          f"train attempt {last.attempt} {what} at batch size {last.batch_size}; "
                                          f"resuming from the last checkpoint with batch size {new_batch} (Job {job['metadata']['name']})"))
                     else:
+                        how = "was killed (exit 137)" if last.reason == "Killed" else (
+                            f"failed on one rank ({last.reason}, exit code {last.exit_code}); the whole group stopped")
                         p.events.append(("Warning", "KilledRetry",
-                                         f"train attempt {last.attempt} was killed (exit 137); resuming from the last checkpoint "
+                                         f"train attempt {last.attempt} {how}; resuming from the last checkpoint "
                                          f"with batch size {new_batch} (Job {job['metadata']['name']})"))
                     stages[stage].update({"phase": "Pending", "job": job["metadata"]["name"], "attempts": len(attempts) + 1,
                                           "batchSize": new_batch})
@@ -202,6 +248,10 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
             break
         phase, reason = STAGE_PHASES[stage], "StageRunning"
         message = f"{stage}: Job {last.job} is {last.state.lower()}"
+        if last.state == "Pending" and last.waiting_reason:
+            reason = "PodNotStarting"
+            message += (f": {last.waiting_reason}: {last.waiting_message} (the stage fails if no pod starts within "
+                        f"{config.start_deadline_seconds}s)")
         break
 
     status = {
@@ -219,6 +269,18 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
     p.status = status
     p.events += transition_events(old, status)
     return p
+
+
+def refused(sj: dict, status: dict, kind: str, name: str, code: int, server_message: str, now: str) -> tuple[dict, tuple[str, str, str]]:
+    """The API server refused to create a child (a 4xx other than a conflict or throttling: a
+    quota, an admission policy, an invalid object): retrying cannot help, so the SparsifyJob
+    fails with the server's own words. The status to write and the event to post."""
+    generation = sj["metadata"].get("generation")
+    message = f"the API server refused to create {kind} {name} ({code}): {server_message}"[:MESSAGE_LIMIT]
+    old = _sane_status(sj.get("status"))
+    out = {**status, "phase": "Failed", "completionTime": old.get("completionTime") or now,
+           "conditions": conditions("Failed", "ChildRejected", message, generation, now, old.get("conditions"))}
+    return out, ("Warning", "ChildRejected", message)
 
 
 def _sane_status(status) -> dict:
@@ -246,8 +308,12 @@ def transition_events(old: dict, new: dict) -> list[tuple[str, str, str]]:
             kind = "Warning" if s["phase"] == "Failed" else "Normal"
             text = f"stage {stage} {s['phase'].lower()} (Job {s['job']})"
             if s["phase"] == "Failed":
-                text += f": {s.get('reason')}, exit code {s.get('exitCode')}"
+                text += f": {s.get('reason')}" + (f", exit code {s['exitCode']}" if s.get("exitCode") is not None else "")
+                text += f": {s['message']}" if s.get("message") and s.get("exitCode") is None else ""
             events.append((kind, f"Stage{s['phase']}", text))
+        waiting = s.get("waitingReason")
+        if waiting and waiting != (old_stages.get(stage) or {}).get("waitingReason"):
+            events.append(("Warning", waiting, f"stage {stage} (Job {s['job']}) cannot start: {s.get('waitingMessage') or waiting}"))
     was_false = {c.get("type") for c in old.get("conditions") or [] if c.get("status") == "False"}
     for c in new.get("conditions", []):
         if c["type"] in VERDICTS and c["status"] == "False" and c["type"] not in was_false:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 
+from .api import RESERVED_ENV_PREFIXES
+
 DEFAULTS: dict = {
     "model": {"weights": ""},  # layout and activation: resolved by the worker from the weights (or the arch)
     "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 64, "imgSize": 640, "maxOOMRetries": 2, "backoffLimit": 2},
@@ -59,7 +61,14 @@ def world_size(spec: dict) -> int:
     return int(spec["training"]["nodes"]) * int(spec["training"]["gpusPerNode"])
 
 
-def output_uri(spec: dict, namespace: str, name: str) -> str:
+def output_uri(spec: dict, namespace: str, name: str, uid: str) -> str:
+    """<prefix>/<namespace>/<name>/<uid>: readable, and every run its own. A SparsifyJob deleted
+    and created again under the same name (a GitOps Replace sync) is a new run that never sees
+    the old one's checkpoints or results."""
     prefix = spec["output"].get("prefix", "").strip("/")
-    parts = [p for p in (prefix, namespace, name) if p]
+    parts = [p for p in (prefix, namespace, name, uid) if p]
     return f"s3://{spec['output']['bucket']}/{'/'.join(parts)}"
+
+
+def reserved_env(name: str) -> bool:
+    return name.startswith(RESERVED_ENV_PREFIXES)

@@ -18,6 +18,7 @@ from localcluster.testing import kubectl, service_account_kubeconfig, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "standin"
+START_DEADLINE_SECONDS = 25  # the operator's start deadline in these tests (300 s by default)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +50,8 @@ def operator_kubeconfig(cluster, core, crd, tmp_path_factory):
 class OperatorProcess:
     """`python -m sparsify_operator` with stand-in stage commands, as the ServiceAccount."""
 
-    def __init__(self, kubeconfig: Path, log: Path):
-        self.kubeconfig, self.log = kubeconfig, log
+    def __init__(self, kubeconfig: Path, log: Path, env: dict | None = None):
+        self.kubeconfig, self.log, self.extra_env = kubeconfig, log, env or {}
         self.proc: subprocess.Popen | None = None
         self.port = free_port()
         self.metrics_port = free_port()
@@ -59,7 +60,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
                "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
                "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-               "SPARSIFY_RESYNC_SECONDS": "5", "SPARSIFY_METRICS_PORT": str(self.metrics_port)}
+               "SPARSIFY_RESYNC_SECONDS": "5", "SPARSIFY_METRICS_PORT": str(self.metrics_port),
+               "SPARSIFY_START_DEADLINE_SECONDS": str(START_DEADLINE_SECONDS), **self.extra_env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)

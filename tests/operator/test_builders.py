@@ -2,7 +2,9 @@
 
 import json
 
-from sparsify_operator.builders import OperatorConfig, construct_job, construct_rendezvous_service, job_name
+from sparsify_operator.builders import (
+    OperatorConfig, construct_job, construct_network_policy, construct_rendezvous_service, job_name, scaled_quantity,
+)
 from sparsify_operator.spec import normalized
 
 from .factories import sparsifyjob
@@ -57,6 +59,15 @@ def test_multi_node_training_is_an_indexed_job_with_rendezvous_at_index_0():
     assert "--rdzv_backend=c10d" in cmd
     assert "--rdzv_endpoint=demo-train-r1-0.demo-rdzv.ml.svc.cluster.local:29500" in cmd
     assert "--rdzv_id=uid-1234-1" in cmd and "--standalone" not in cmd
+    # the group fails whole: any rank's non-zero exit or disruption ends the attempt at once
+    assert j["spec"]["backoffLimit"] == 0
+    assert j["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "NotIn", "values": [0]}},
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    policy = construct_network_policy(sj)
+    train_pods = {"matchLabels": {"yolo-sparsify.io/sparsifyjob": "demo", "yolo-sparsify.io/stage": "train"}}
+    assert policy["spec"] == {"podSelector": train_pods, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": train_pods}]}]}
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1234"
     svc = construct_rendezvous_service(sj)
     assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == "demo-rdzv"
     assert svc["spec"]["selector"] == {"yolo-sparsify.io/sparsifyjob": "demo", "yolo-sparsify.io/stage": "train"}
@@ -101,11 +112,69 @@ def test_workload_identity_uses_the_service_account_and_its_token():
     assert env_of(build("export", sj=sj))["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
 
 
+def spec_files(job):
+    """What the pod finds in /etc/sparsify: its own annotations, mounted by the downward API."""
+    tpl = job["spec"]["template"]
+    (vol,) = [v for v in tpl["spec"]["volumes"] if v["name"] == "spec"]
+    mount = next(m for m in tpl["spec"]["containers"][0]["volumeMounts"] if m["name"] == "spec")
+    out = {}
+    for item in vol["downwardAPI"]["items"]:
+        key = item["fieldRef"]["fieldPath"].split("['")[1].rstrip("']")
+        out[f"{mount['mountPath']}/{item['path']}"] = json.loads(tpl["metadata"]["annotations"][key])
+    assert mount["readOnly"] is True
+    return out
+
+
 def test_stage_env_carries_the_contract():
-    env = env_of(build("export"))
+    job = build("export")
+    env = env_of(job)
     assert env["SPARSIFY_STAGE"] == "export" and env["SPARSIFY_RECIPE"] == "yolov5s-pruned-quantized"
-    assert env["SPARSIFY_OUTPUT_URI"] == "s3://models/sparsify/ml/demo"
-    assert json.loads(env["SPARSIFY_SPEC"])["export"]["opset"] == 13  # defaults filled in
+    # every run its own prefix: a namesake created after this one was deleted never shares it
+    assert env["SPARSIFY_OUTPUT_URI"] == "s3://models/sparsify/ml/demo/uid-1234"
+    files = spec_files(job)
+    assert env["SPARSIFY_SPEC_FILE"] == "/etc/sparsify/spec.json" and env["SPARSIFY_INPUTS_FILE"] == "/etc/sparsify/inputs.json"
+    assert files["/etc/sparsify/spec.json"]["export"]["opset"] == 13  # defaults filled in
+    assert files["/etc/sparsify/inputs.json"] == {}
+    assert "SPARSIFY_SPEC" not in env  # a long inline recipe would not fit an environment variable
+
+
+def test_a_64k_inline_recipe_reaches_the_pod_as_a_file_not_an_environment_variable():
+    recipe = 'version: "1.1.0"\n' + ("# " + "é" * 100 + "\n") * 310  # 62 KiB; 187 KB JSON-escaped, past the 128 KiB env limit
+    sj = sparsifyjob(recipe={"inline": recipe, "targetArch": "yolov5s"})
+    job = build("train", sj=sj, batch=64)
+    assert spec_files(job)["/etc/sparsify/spec.json"]["recipe"]["inline"] == recipe
+    assert max(len(e["value"]) for e in job["spec"]["template"]["spec"]["containers"][0]["env"]) < 4096
+
+
+def test_operator_variables_always_win_over_the_specs_env():
+    sj = sparsifyjob(env=[{"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other-team/x"},
+                          {"name": "AWS_ENDPOINT_URL_S3", "value": "http://evil:9000"}, {"name": "LD_PRELOAD", "value": "/x.so"},
+                          {"name": "PYTHONPATH", "value": "/x"}, {"name": "MY_FLAG", "value": "1"}])
+    env_list = build("train", sj=sj, batch=64)["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env_list]
+    assert env_of({"spec": {"template": {"spec": {"containers": [{"env": env_list}]}}}})["SPARSIFY_OUTPUT_URI"].endswith("/ml/demo/uid-1234")
+    assert "LD_PRELOAD" not in names and "PYTHONPATH" not in names and "AWS_ENDPOINT_URL_S3" not in names
+    assert names.count("SPARSIFY_OUTPUT_URI") == 1 and names[0] == "MY_FLAG"  # the user's first: a duplicate is the operator's
+
+
+def test_every_stage_requests_cpu_memory_and_disk_and_training_scales_with_gpus():
+    train = build("train", sj=sparsifyjob(training={"gpusPerNode": 4, "batchSize": 64}), batch=64)
+    res = train["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "32", "memory": "192Gi", "ephemeral-storage": "80Gi", "nvidia.com/gpu": "4"}
+    assert res["limits"] == {"nvidia.com/gpu": "4"}
+    own = sparsifyjob(training={"gpusPerNode": 2, "batchSize": 64, "resources": {"requests": {"memory": "100Gi"}, "limits": {"memory": "200Gi"}}})
+    res = build("train", sj=own, batch=64)["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["memory"] == "100Gi" and res["requests"]["cpu"] == "16" and res["limits"]["memory"] == "200Gi"
+    cfg = OperatorConfig(train_requests_per_gpu=(("cpu", "500m"),), train_limits_per_gpu=(("memory", "8Gi"),))
+    sj = sparsifyjob(training={"gpusPerNode": 3, "batchSize": 63})
+    res = construct_job(sj, normalized(sj["spec"]), "train", 0, cfg, 63, {})["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "1500m", "nvidia.com/gpu": "3"} and res["limits"] == {"memory": "24Gi", "nvidia.com/gpu": "3"}
+    for stage in ("validate", "export", "benchmark", "publish"):
+        pod = build(stage)["spec"]["template"]["spec"]
+        assert {"cpu", "memory", "ephemeral-storage"} <= set(pod["containers"][0]["resources"]["requests"])
+        assert next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"]["sizeLimit"]
+    assert next(v for v in train["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp")["emptyDir"]["sizeLimit"] == "100Gi"
+    assert scaled_quantity("1.5", 2) == "3" and scaled_quantity("0.5Gi", 3) == "1.5Gi"
 
 
 def test_only_the_gpu_stage_is_queued():
@@ -125,3 +194,14 @@ def test_platform_defaults_fill_what_the_spec_leaves_empty():
     assert env_of(train)["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
     own = sparsifyjob(training={"nodeSelector": {"pool": "mine"}})
     assert construct_job(own, normalized(own["spec"]), "train", 0, cfg, 64, {})["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "mine"}
+
+
+def test_a_node_dataset_cache_is_mounted_into_training_pods_only_when_the_platform_sets_one():
+    assert "SPARSIFY_DATASET_CACHE" not in env_of(build("train", batch=64))
+    cfg = OperatorConfig(dataset_cache_host_path="/var/lib/sparsify/datasets")
+    sj = sparsifyjob()
+    train = construct_job(sj, normalized(sj["spec"]), "train", 0, cfg, 64, {})
+    pod = train["spec"]["template"]["spec"]
+    assert {"name": "datasets", "hostPath": {"path": "/var/lib/sparsify/datasets", "type": "DirectoryOrCreate"}} in pod["volumes"]
+    assert env_of(train)["SPARSIFY_DATASET_CACHE"] == "/var/cache/sparsify-datasets"
+    assert "SPARSIFY_DATASET_CACHE" not in env_of(construct_job(sj, normalized(sj["spec"]), "validate", 0, cfg, None, {}))

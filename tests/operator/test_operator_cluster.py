@@ -13,7 +13,7 @@ from kubernetes import client
 from localcluster import faults
 from localcluster.testing import kubectl, wait_until
 
-from .conftest import REPO, wait_phase
+from .conftest import REPO, START_DEADLINE_SECONDS, wait_phase
 
 pytestmark = pytest.mark.cluster
 GROUP, VERSION, PLURAL = "yolo-sparsify.io", "v1alpha1", "sparsifyjobs"
@@ -88,6 +88,12 @@ INVALID = [
     ("credentials two ways", {"output": {"bucket": "m", "credentialsSecret": "s", "serviceAccountName": "sa"}}, "not both"),
     ("credentials in the spec", {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "must not be written into the spec"),
     ("endpoint not a URL", {"output": {"bucket": "m", "endpoint": "minio:9000"}}, "output.endpoint must be an http(s) URL"),
+    ("reserved env: the output location", {"env": [{"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other/x"}]},
+     "env names starting with SPARSIFY_, AWS_, LD_ or PYTHON are reserved"),
+    ("reserved env: the spec itself", {"env": [{"name": "SPARSIFY_SPEC_FILE", "value": "/tmp/mine.json"}]}, "are reserved"),
+    ("reserved env: S3 endpoint", {"env": [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://elsewhere:9000"}]}, "are reserved"),
+    ("reserved env: preload", {"env": [{"name": "LD_PRELOAD", "value": "/tmp/x.so"}]}, "are reserved"),
+    ("reserved env: python path", {"env": [{"name": "PYTHONPATH", "value": "/tmp"}]}, "are reserved"),
 ]
 
 
@@ -105,6 +111,9 @@ def test_long_names_and_spec_changes_are_refused(cluster, crd, namespace):
     long = manifest("x" * 41)
     res = kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(long), check=False)
     assert "at most 40 characters" in res.stderr
+    for dotted in ("yolo.v5", "9lives"):  # a dot breaks the rendezvous Service's name; a digit first, its DNS label
+        res = kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(manifest(dotted)), check=False)
+        assert "metadata.name must be a DNS label" in res.stderr, res.stderr
     ok = manifest("fixed", env={"STANDIN_FAIL_STAGE": "validate"})
     kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(ok))
     ok["spec"]["training"]["batchSize"] = 32
@@ -122,7 +131,8 @@ def test_happy_path_reaches_succeeded_with_results_and_columns(cluster, operator
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert st["results"]["map50"] == 0.5123 and st["results"]["sparsity"] == 0.7412
     assert st["results"]["size"] == "2.3MB" and st["results"]["throughput"] == {"deepsparse": 396.7, "onnxruntime": 135.8}
-    assert st["results"]["artifacts"]["onnx"] == f"s3://models/sparsify/{namespace}/happy/model.onnx"
+    uid = sj["metadata"]["uid"]
+    assert st["results"]["artifacts"]["onnx"] == f"s3://models/sparsify/{namespace}/happy/{uid}/model.onnx"
     assert set(st["stages"]) == {"validate", "train", "export", "benchmark", "publish"}
     assert all(s["phase"] == "Succeeded" and s["attempts"] == 1 for s in st["stages"].values())
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
@@ -307,3 +317,171 @@ def test_queue_name_creates_a_suspended_job_for_kueue(operator, custom, batch, n
     wait_until(suspended, 30, what="train stage reported as Suspended (waiting for Kueue admission)")
     batch.patch_namespaced_job("queued-train", namespace, {"spec": {"suspend": False}})  # what Kueue does on admission
     assert wait_phase(custom, namespace, "queued", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+
+
+# ---- hardening ------------------------------------------------------------------------------
+
+BIG_RECIPE = 'version: "1.1.0"\n' + ("# " + "é" * 100 + "\n") * 310  # a recipe with long accented comments
+
+
+def stage_status(custom, namespace, name, stage):
+    st = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+    return st, (st.get("stages") or {}).get(stage) or {}
+
+
+def test_a_missing_secret_is_said_at_once_and_fails_the_run_at_the_start_deadline(operator, custom, core, batch, namespace):
+    body = manifest("nosecret")
+    body["spec"]["output"]["credentialsSecret"] = "does-not-exist"
+    t0 = time.monotonic()
+    create(custom, namespace, body)
+    said = wait_until(lambda: stage_status(custom, namespace, "nosecret", "validate")[1].get("waitingReason"), 60,
+                      what="the waiting reason in status")
+    seconds_to_reason = time.monotonic() - t0
+    assert said == "CreateContainerConfigError"
+    st, validate = stage_status(custom, namespace, "nosecret", "validate")
+    assert "does-not-exist" in validate["waitingMessage"] and st["phase"] == "Validating"
+    assert "does-not-exist" in next(c for c in st["conditions"] if c["type"] == "Ready")["message"]
+    st = wait_phase(custom, namespace, "nosecret", ("Failed",), timeout=120)["status"]
+    seconds_to_failed = time.monotonic() - t0
+    validate = st["stages"]["validate"]
+    assert validate["reason"] == "StartDeadlineExceeded" and "CreateContainerConfigError" in validate["message"]
+    assert "does-not-exist" in next(c for c in st["conditions"] if c["type"] == "Stalled")["message"]
+    job = batch.read_namespaced_job("nosecret-validate", namespace)
+    assert job.spec.suspend is True and "StartDeadlineExceeded" in job.metadata.annotations["yolo-sparsify.io/failed"]
+    wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=nosecret").items,
+               60, what="the stuck pod removed")
+    reasons = [r for r, _ in events_of(core, namespace, "nosecret")]
+    assert reasons.count("CreateContainerConfigError") == 1 and "StageFailed" in reasons
+    print(f"\nmissing Secret: reason in status after {seconds_to_reason:.1f}s, Failed after {seconds_to_failed:.1f}s "
+          f"(start deadline {START_DEADLINE_SECONDS}s)")
+
+
+def test_an_unschedulable_training_pod_is_said_and_fails_at_the_start_deadline_freeing_nothing_held(operator, custom, core, namespace):
+    create(custom, namespace, manifest("nowhere", training={"nodeSelector": {"pool": "does-not-exist"}}))
+    wait_until(lambda: stage_status(custom, namespace, "nowhere", "train")[1].get("waitingReason") == "Unschedulable", 90,
+               what="Unschedulable in status")
+    assert "didn't match" in stage_status(custom, namespace, "nowhere", "train")[1]["waitingMessage"]
+    st = wait_phase(custom, namespace, "nowhere", ("Failed",), timeout=120)["status"]
+    assert st["stages"]["train"]["reason"] == "StartDeadlineExceeded" and "Unschedulable" in st["stages"]["train"]["message"]
+    assert "export" not in st["stages"]
+
+
+def test_a_child_the_api_server_refuses_fails_the_run_with_its_message(operator, custom, core, namespace):
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}})
+    wait_until(lambda: (core.read_namespaced_resource_quota("no-jobs", namespace).status.hard or {}).get("count/jobs.batch") == "0",
+               60, what="quota status computed")
+    create(custom, namespace, manifest("refused"))
+    st = wait_phase(custom, namespace, "refused", ("Failed",), timeout=60)["status"]
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "ChildRejected" and "exceeded quota: no-jobs" in stalled["message"] and "(403)" in stalled["message"]
+    assert any(r == "ChildRejected" for r, _ in events_of(core, namespace, "refused"))
+
+
+def test_a_namesake_created_after_a_delete_is_a_new_run_with_its_own_output(operator, custom, namespace):
+    first = create(custom, namespace, manifest("again"))
+    done = wait_phase(custom, namespace, "again", ("Succeeded", "Failed"))["status"]
+    assert done["results"]["artifacts"]["onnx"].endswith(f"/again/{first['metadata']['uid']}/model.onnx")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
+
+    def gone():
+        try:
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
+            return False
+        except client.ApiException as e:
+            return e.status == 404
+
+    wait_until(gone, 30, what="deleted")
+    second = create(custom, namespace, manifest("again"))  # what an Argo CD Replace sync does
+    st = wait_phase(custom, namespace, "again", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded" and second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert st["results"]["artifacts"]["onnx"].endswith(f"/again/{second['metadata']['uid']}/model.onnx")
+
+
+def test_results_survive_an_operator_restart_after_the_pods_are_gone(operator, custom, core, namespace):
+    create(custom, namespace, manifest("kept"))
+    before = wait_phase(custom, namespace, "kept", ("Succeeded", "Failed"))["status"]
+    assert before["phase"] == "Succeeded" and before["results"]["map50"] == 0.5123
+    operator.kill()
+    try:
+        core.delete_collection_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=kept", grace_period_seconds=0)
+        wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=kept").items,
+                   60, what="pods garbage-collected")
+    finally:
+        operator.start()
+    time.sleep(12)  # a startup relist and two resyncs
+    after = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kept")["status"]
+    assert after["results"] == before["results"] and after["stages"] == before["stages"] and after["phase"] == "Succeeded"
+
+
+def test_one_failed_rank_fails_the_group_at_once_and_the_whole_group_resumes(operator, custom, core, batch, namespace):
+    create(custom, namespace, manifest("rank", env={"STANDIN_FAIL_RANK": "1:0", "STANDIN_TRAIN_SECONDS": 60},
+                                       training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64}))
+    policy = wait_until(lambda: next(iter(client.NetworkingV1Api(core.api_client).list_namespaced_network_policy(
+        namespace, label_selector="yolo-sparsify.io/sparsifyjob=rank").items), None), 60, what="the group's NetworkPolicy")
+    assert policy.spec.pod_selector.match_labels == {"yolo-sparsify.io/sparsifyjob": "rank", "yolo-sparsify.io/stage": "train"}
+    assert policy.spec.ingress[0]._from[0].pod_selector.match_labels == policy.spec.pod_selector.match_labels
+    retry = wait_until(lambda: next((j for j in jobs_of(batch, namespace, "rank") if j.metadata.name == "rank-train-r1"), None),
+                       60, what="the group's second attempt")
+    first = batch.read_namespaced_job("rank-train", namespace)
+    failed_at = next(c.last_transition_time for c in first.status.conditions if c.type == "Failed" and c.status == "True")
+    # rank 0 was still training (60 s) when rank 1 failed: the Job controller stopped it at once
+    assert (failed_at - first.status.start_time).total_seconds() < 30
+    assert (retry.metadata.creation_timestamp - failed_at).total_seconds() < 15
+    st = wait_phase(custom, namespace, "rank", ("Succeeded", "Failed"), timeout=180)["status"]
+    pods = [(p.metadata.name, p.status.phase, p.spec.node_name, [c.state.to_dict() for c in p.status.container_statuses or []],
+             [(c.type, c.status, c.reason) for c in p.status.conditions or []]) for p in core.list_namespaced_pod(namespace).items]
+    assert st["phase"] == "Succeeded", json.dumps(st["stages"], indent=1) + "\n" + "\n".join(map(str, pods))
+    train = st["stages"]["train"]
+    assert train["attempts"] == 2 and train["retries"] == [{"attempt": 0, "job": "rank-train", "reason": "Error", "batchSize": 64}]
+    (said,) = [m for r, m in events_of(core, namespace, "rank") if r == "KilledRetry"]
+    assert "failed on one rank (Error, exit code 3)" in said
+
+
+def test_a_64k_inline_recipe_reaches_the_pods_as_a_file(operator, custom, namespace):
+    """62 KiB of recipe whose comments are not ASCII: JSON-escaped into an environment variable it
+    would be 187 KB, past the kernel's 128 KiB per string, and the pod could not start."""
+    body = manifest("bigrecipe")
+    body["spec"]["recipe"] = {"inline": BIG_RECIPE, "targetArch": "yolov5s"}
+    assert len(BIG_RECIPE.encode()) <= 65536 and len(json.dumps(BIG_RECIPE)) > 131072
+    create(custom, namespace, body)
+    st = wait_phase(custom, namespace, "bigrecipe", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st["stages"], indent=1)
+
+
+def test_admission_refuses_a_secret_or_service_account_its_creator_may_not_use(cluster, crd, core, kube, namespace):
+    kubectl(cluster.kubeconfig, "apply", "-f", str(REPO / "manifests/base/admission-policy.yaml"))
+    rbac = client.RbacAuthorizationV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "tenant"}})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "team-creds"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}})
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "trainer-identity"}})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "sj-creator"}, "rules": [
+        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["create", "get"]}]})
+    rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": "sj-creator"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sj-creator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}]})
+    as_tenant = ["--as", f"system:serviceaccount:{namespace}:tenant"]
+
+    def apply(name, output, *flags):
+        body = manifest(name, env={"STANDIN_FAIL_STAGE": "validate"})
+        body["spec"]["output"] = {"bucket": "models", **output}
+        return kubectl(cluster.kubeconfig, *as_tenant, "create", *flags, "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+
+    # the policy takes a moment to be in force: probe with server-side dry runs (admission runs, nothing is stored)
+    wait_until(lambda: apply("steal", {"credentialsSecret": "team-creds"}, "--dry-run=server").returncode != 0, 30,
+               what="the admission policy in force")
+    refused = apply("steal", {"credentialsSecret": "team-creds"})
+    assert refused.returncode != 0
+    assert f"system:serviceaccount:{namespace}:tenant may not read Secret team-creds" in refused.stderr
+    res = apply("become", {"serviceAccountName": "trainer-identity"})
+    assert res.returncode != 0 and "may not act as ServiceAccount trainer-identity" in res.stderr
+    assert apply("plain", {}).returncode == 0  # nothing named: nothing to check
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "use-creds"}, "rules": [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["team-creds"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "resourceNames": ["trainer-identity"], "verbs": ["impersonate"]}]})
+    rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": "use-creds"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "use-creds"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}]})
+    wait_until(lambda: apply("allowed", {"credentialsSecret": "team-creds"}, "--dry-run=server").returncode == 0, 30,
+               what="allowed once granted")
+    assert apply("allowed", {"credentialsSecret": "team-creds"}).returncode == 0
+    assert apply("allowed-sa", {"serviceAccountName": "trainer-identity"}).returncode == 0

@@ -4,7 +4,7 @@ import json
 
 from sparsify_operator.builders import OperatorConfig
 from sparsify_operator.observe import observe, observe_attempt, observe_needs_pods
-from sparsify_operator.reconcile import halved_batch, plan
+from sparsify_operator.reconcile import halved_batch, plan, start_overdue
 from sparsify_operator.status import merge_patch
 
 from .factories import job, pod, sparsifyjob
@@ -195,3 +195,128 @@ def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
     # the next reconcile sees the condition already False: no second warning
     again = plan(sparsifyjob(status=p.status), observe(jobs, pods), CFG, NOW)
     assert not [e for e in again.events if e[1] == "PartlyNative"]
+
+
+# ---- hardening: latched results, pods that cannot start, refused children, groups --------------
+
+def test_a_finished_runs_status_is_never_rewritten_even_when_its_pods_are_gone():
+    jobs, pods = done("validate", "train", "export", "benchmark", "publish")
+    finished = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW).status
+    assert finished["phase"] == "Succeeded" and finished["results"]["map50"] == 0.52
+    # an operator restarted after pod garbage collection: the Jobs are there, their pods are not
+    again = plan(sparsifyjob(status=finished), observe(jobs, {}), CFG, "2026-11-30T00:00:00Z")
+    assert again.status == finished and again.create == [] and again.events == []
+    assert merge_patch(finished, again.status) == {}
+
+
+def pending(stage="validate", created="2026-11-29T00:00:00Z", **status):
+    j = job(stage, state="Pending")
+    j["metadata"]["creationTimestamp"] = created
+    j["status"] = {"active": 1, **status}
+    return j
+
+
+def waiting_pod(reason, message):
+    return {"metadata": {}, "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": reason, "message": message}}}]}}
+
+
+def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_start_deadline():
+    j = pending()
+    pods = {"demo-validate": [waiting_pod("CreateContainerConfigError", 'secret "s3-creds" not found')]}
+    early = plan(sparsifyjob(), observe([j], pods), CFG, "2026-11-29T00:00:30Z")
+    st = early.status["stages"]["validate"]
+    assert (st["phase"], st["waitingReason"], st["waitingMessage"]) == ("Pending", "CreateContainerConfigError", 'secret "s3-creds" not found')
+    assert early.status["phase"] == "Validating" and early.give_up == []
+    ready = next(c for c in early.status["conditions"] if c["type"] == "Ready")
+    assert 'secret "s3-creds" not found' in ready["message"] and "300s" in ready["message"]
+    assert ("Warning", "CreateContainerConfigError") in [(k, r) for k, r, _ in early.events]
+    assert plan(sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:01:00Z").events == []  # said once
+    late = plan(sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:05:01Z")
+    assert late.status["phase"] == "Failed" and late.create == []
+    assert late.status["stages"]["validate"]["reason"] == "StartDeadlineExceeded"
+    assert late.give_up == [("demo-validate", 'StartDeadlineExceeded: CreateContainerConfigError: secret "s3-creds" not found '
+                                              "(not started within 300s)")]
+    # what a restarted operator sees afterwards: the Job it stopped, with its annotation
+    j["metadata"]["annotations"]["yolo-sparsify.io/failed"] = late.give_up[0][1]
+    j["spec"]["suspend"] = True
+    a = observe_attempt(j, [])
+    assert (a.state, a.reason) == ("Failed", "StartDeadlineExceeded") and "s3-creds" in a.message
+
+
+def test_unschedulable_and_failed_create_are_reasons_too_and_kueue_held_jobs_are_not_late():
+    unsched = {"metadata": {}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available"}]}}
+    a = observe_attempt(pending("train"), [unsched])
+    assert (a.waiting_reason, a.waiting_message) == ("Unschedulable", "0/4 nodes are available")
+    quota = [{"reason": "FailedCreate", "message": "exceeded quota: pods", "lastTimestamp": "2026-11-29T00:00:05Z"}]
+    a = observe_attempt(pending("train", active=0), [], quota)
+    assert (a.waiting_reason, a.waiting_message) == ("FailedCreate", "exceeded quota: pods")
+    held = pending("train")
+    held["spec"]["suspend"] = True
+    jobs, pods = done("validate")
+    p = plan(sparsifyjob(), observe([*jobs, held], pods), CFG, "2026-11-30T00:00:00Z")
+    assert p.give_up == [] and p.status["stages"]["train"]["phase"] == "Suspended"
+
+
+def test_a_failed_rank_fails_the_group_and_the_whole_group_resumes_as_a_new_attempt():
+    sj = sparsifyjob(training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64, "backoffLimit": 1})
+    jobs, pods = done("validate")
+    group = job("train", state="Failed", batch=64, reason="PodFailurePolicy")
+    group["spec"]["completionMode"] = "Indexed"
+    jobs.append(group)
+    first = pod("Failed", 1, "Error", message=json.dumps({"error": "NCCL error on rank 5"}), index=1)
+    first["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-11-29T00:00:01Z"
+    stopped = pod("Failed", 137, "Error", index=0)  # stopped by the Job controller because of the first
+    stopped["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-11-29T00:00:09Z"
+    pods["demo-train"] = [stopped, first]
+    p = plan(sj, observe(jobs, pods), CFG, NOW)
+    assert [m["kind"] for m in p.create] == ["Service", "NetworkPolicy", "Job"]
+    assert p.create[-1]["metadata"]["name"] == "demo-train-r1"
+    assert p.status["stages"]["train"]["retries"] == [{"attempt": 0, "job": "demo-train", "reason": "Error", "batchSize": 64}]
+    (msg,) = [m for _, r, m in p.events if r == "KilledRetry"]
+    assert "failed on one rank (Error, exit code 1)" in msg
+    # backoffLimit group restarts are spent: the next failure fails the run with the first rank's words
+    retry = job("train", 1, state="Failed", batch=64, reason="PodFailurePolicy")
+    retry["spec"]["completionMode"] = "Indexed"
+    jobs.append(retry)
+    pods["demo-train-r1"] = [first]
+    p = plan(sj, observe(jobs, pods), CFG, NOW)
+    assert p.create == [] and p.status["phase"] == "Failed" and p.status["stages"]["train"]["message"] == "NCCL error on rank 5"
+
+
+def test_a_single_node_failure_that_is_not_a_kill_is_not_resumed():
+    jobs, pods = done("validate")
+    jobs.append(job("train", state="Failed", batch=64))
+    pods["demo-train"] = [pod("Failed", 1, "Error", message=json.dumps({"error": "bad recipe"}))]
+    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    assert p.create == [] and p.status["phase"] == "Failed"
+
+
+def test_a_refused_child_fails_the_run_with_the_servers_message():
+    from sparsify_operator.reconcile import refused
+
+    p = plan(sparsifyjob(), {}, CFG, NOW)
+    status, event = refused(sparsifyjob(), p.status, "Job", "demo-validate", 403,
+                            'jobs.batch "demo-validate" is forbidden: exceeded quota: no-jobs', NOW)
+    assert status["phase"] == "Failed" and status["completionTime"] == NOW
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "ChildRejected" and "exceeded quota: no-jobs" in stalled["message"] and "(403)" in stalled["message"]
+    assert event[:2] == ("Warning", "ChildRejected")
+
+
+def test_a_job_whose_pods_just_finished_is_not_late_and_a_recreated_pod_starts_its_own_clock():
+    finishing = pending("train", active=0, succeeded=2)  # before the Job controller adds Complete
+    finishing["status"]["startTime"] = "2026-11-29T00:00:00Z"
+    a = observe_attempt(finishing, [])
+    assert a.state == "Running" and not start_overdue(a, CFG, "2026-11-29T02:00:00Z")
+    retried = pending("train", active=1, failed=1)  # 2 h of training, then the pod was recreated
+    retried["status"]["startTime"] = "2026-11-29T00:00:00Z"
+    new_pod = waiting_pod("ContainerCreating", "")
+    new_pod["metadata"]["creationTimestamp"] = "2026-11-29T02:00:00Z"
+    a = observe_attempt(retried, [new_pod])
+    assert a.state == "Pending" and a.pending_since == "2026-11-29T02:00:00Z"
+    assert not start_overdue(a, CFG, "2026-11-29T02:01:00Z") and start_overdue(a, CFG, "2026-11-29T02:05:01Z")
+    running = {"metadata": {}, "status": {"phase": "Running"}}
+    group = pending("train", active=2)
+    assert observe_attempt(group, [running, running]).state == "Running"
+    assert observe_attempt(group, [running, new_pod]).state == "Pending"  # a group runs only when every rank does

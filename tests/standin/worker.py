@@ -6,6 +6,7 @@ Behaviour comes from the SparsifyJob's spec.env:
   STANDIN_OOM_ABOVE_BATCH=16       in train, exit 137 while SPARSIFY_BATCH_SIZE > 16
   STANDIN_GPU_OOM_ABOVE_BATCH=16   in train, exit 75 (the worker's CUDA OOM) while SPARSIFY_BATCH_SIZE > 16
   STANDIN_TRAIN_SECONDS=20         make train take that long (to kill/restart things meanwhile)
+  STANDIN_FAIL_RANK=1:0            in train, the pod of completion index 1 exits 3 in attempt 0 (one rank of a group fails)
 """
 
 import json
@@ -27,8 +28,10 @@ def main() -> None:
         command = sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:]
         os.execvp(command[0], command)
     out = os.environ["SPARSIFY_OUTPUT_URI"]
-    inputs = json.loads(os.environ.get("SPARSIFY_INPUTS", "{}"))
-    spec = json.loads(os.environ["SPARSIFY_SPEC"])
+    with open(os.environ["SPARSIFY_INPUTS_FILE"]) as f:  # the operator mounts both (downward API)
+        inputs = json.load(f)
+    with open(os.environ["SPARSIFY_SPEC_FILE"]) as f:
+        spec = json.load(f)
     print(f"stand-in {stage} for {os.environ['SPARSIFY_NAMESPACE']}/{os.environ['SPARSIFY_NAME']}", flush=True)
     if os.environ.get("STANDIN_FAIL_STAGE") == stage:
         finish({"stage": stage, "error": f"stand-in failure in {stage}"}, 2)
@@ -36,6 +39,9 @@ def main() -> None:
         finish({"stage": stage, "ok": True, "recipe": os.environ["SPARSIFY_RECIPE"]})
     if stage == "train":
         batch = int(os.environ["SPARSIFY_BATCH_SIZE"])
+        rank_fault = os.environ.get("STANDIN_FAIL_RANK", "")
+        if rank_fault and rank_fault == f"{os.environ.get('JOB_COMPLETION_INDEX')}:{os.environ['SPARSIFY_ATTEMPT']}":
+            finish({"stage": stage, "error": f"stand-in failure of rank {rank_fault}"}, 3)
         limit = os.environ.get("STANDIN_OOM_ABOVE_BATCH")
         if limit and batch > int(limit):
             print(f"killed at batch size {batch}", flush=True)
