@@ -17,10 +17,11 @@ pytestmark = pytest.mark.cluster
 OPERATOR_RULES = {  # (apiGroup, resource) -> verbs: exactly what the operator's code calls
     ("yolo-sparsify.io", "sparsifyjobs"): {"get", "list", "watch"},
     ("yolo-sparsify.io", "sparsifyjobs/status"): {"get", "patch"},
-    ("batch", "jobs"): {"get", "list", "watch", "create"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"create"},
+    ("networking.k8s.io", "networkpolicies"): {"create"},
     ("", "pods"): {"list"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "list"},
     ("events.k8s.io", "events"): {"create"},
 }
 
