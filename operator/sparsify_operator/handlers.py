@@ -158,8 +158,7 @@ def safe_reconcile(namespace: str | None, name: str | None, logger: logging.Logg
         logger.exception("reconcile of %s/%s failed: %s", namespace, name, e)
 
 
-@kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_) -> None:
+def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     settings.scanning.disabled = True  # our resources are known: no need to watch CRDs (and no RBAC for it)
     settings.watching.server_timeout = 270
@@ -167,6 +166,11 @@ def startup(settings: kopf.OperatorSettings, **_) -> None:
     # Only the operator's own Jobs are listed and watched, filtered by the API server (a cluster's
     # other Jobs never reach this process).
     settings.watching.label_selectors["batch", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_) -> None:
+    configure(settings)
     _relist()  # the cache is complete before the first event is handled
     _state["resynced"] = time.monotonic()
     metrics.serve(config.metrics_port())

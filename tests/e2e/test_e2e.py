@@ -41,12 +41,13 @@ def train_pods(core, ns, name, phase="Running"):
 
 def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, api, installed_operator, dataset_uri, e2e_namespace, tmp_path):
     custom, _ = api
-    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL,
-                                           sparsifyjob("happy", dataset_uri, epochs=4, benchmark={"compareDense": True, "rounds": 2}))
+    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob(
+        "happy", dataset_uri, epochs=4, benchmark={"compareDense": True, "rounds": 2}))["metadata"]["uid"]
     st = wait_finished(custom, e2e_namespace, "happy")
     assert st["phase"] == "Succeeded", dump(st)
     r = st["results"]
-    assert r["artifacts"]["onnx"] == f"s3://models/e2e/{e2e_namespace}/happy/model.onnx"
+    run = f"e2e/{e2e_namespace}/happy/{uid}"  # every run its own prefix
+    assert r["artifacts"]["onnx"] == f"s3://models/{run}/model.onnx"
     assert r["throughput"]["deepsparse"] > 0 and r["throughput"]["onnxruntime"] > 0 and r["deepsparseNativeFraction"] > 0
     # the ONNX in S3 loads and runs, and its measured sparsity is what status says
     import onnxruntime as ort
@@ -54,26 +55,26 @@ def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, a
     from sparsify_worker.onnx_stats import weight_sparsity
 
     path = tmp_path / "model.onnx"
-    s3(cluster).download_file("models", f"e2e/{e2e_namespace}/happy/model.onnx", str(path))
+    s3(cluster).download_file("models", f"{run}/model.onnx", str(path))
     sparsity, int8_convs = weight_sparsity(path)
     assert sparsity == pytest.approx(r["sparsity"], abs=1e-4) and int8_convs > 50
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": np.zeros((1, 3, 160, 160), np.float32)})
     assert out[0].shape[0] == 1
-    results = json.loads(s3(cluster).get_object(Bucket="models", Key=f"e2e/{e2e_namespace}/happy/results.json")["Body"].read())
+    results = json.loads(s3(cluster).get_object(Bucket="models", Key=f"{run}/results.json")["Body"].read())
     assert results["sparsity"] == r["sparsity"] and results["map50"] == r["map50"]
     assert results["throughput"] == {k: v for k, v in r["throughput"].items()}
     assert r["sizeGzipBytes"] == results["sizeGzipBytes"]
     # the report and its plot sit next to the ONNX; the dense reference ran on the same node
-    keys = objects(cluster, f"e2e/{e2e_namespace}/happy/")
-    assert {f"e2e/{e2e_namespace}/happy/{k}" for k in ("benchmark.md", "accuracy-vs-throughput.png", "report.md")} <= set(keys)
-    bench = json.loads(s3(cluster).get_object(Bucket="models", Key=f"e2e/{e2e_namespace}/happy/benchmark.json")["Body"].read())
+    keys = objects(cluster, f"{run}/")
+    assert {f"{run}/{k}" for k in ("benchmark.md", "accuracy-vs-throughput.png", "report.md")} <= set(keys)
+    bench = json.loads(s3(cluster).get_object(Bucket="models", Key=f"{run}/benchmark.json")["Body"].read())
     assert bench["dense"]["engines"]["onnxruntime"]["imagesPerSecond"] > 0 and bench["dense"]["sizeGzipBytes"] > r["sizeGzipBytes"]
 
 
 def test_training_pod_killed_mid_epoch_resumes_from_the_last_checkpoint(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
     custom, _ = api
-    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("crash", dataset_uri, epochs=6))
-    prefix = f"e2e/{e2e_namespace}/crash/checkpoints/"
+    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("crash", dataset_uri, epochs=6))["metadata"]["uid"]
+    prefix = f"e2e/{e2e_namespace}/crash/{uid}/checkpoints/"
     wait_until(lambda: f"{prefix}last.pt" in objects(cluster, prefix), 600, interval=0.5, what="the first epoch's checkpoint in S3")
     (pod,) = train_pods(core, e2e_namespace, "crash")
     time.sleep(1.0)  # into the next epoch
@@ -149,8 +150,8 @@ def test_operator_restarted_mid_stage_no_duplicates_and_the_run_completes(cluste
 
 def test_deleted_mid_training_leaves_no_jobs_and_no_half_written_result(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
     custom, batch = api
-    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("gone", dataset_uri, epochs=8))
-    prefix = f"e2e/{e2e_namespace}/gone/"
+    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("gone", dataset_uri, epochs=8))["metadata"]["uid"]
+    prefix = f"e2e/{e2e_namespace}/gone/{uid}/"
     wait_until(lambda: f"{prefix}checkpoints/last.pt" in objects(cluster, prefix), 600, interval=0.5, what="a checkpoint")
     custom.delete_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, "gone")
     selector = "yolo-sparsify.io/sparsifyjob=gone"

@@ -136,3 +136,31 @@ def _to_lua(lua, value):
     if isinstance(value, list):
         return lua.table_from([_to_lua(lua, v) for v in value])
     return value
+
+
+def test_the_charts_admission_policy_enforces_its_image_allow_list(cluster, core):
+    import json
+
+    from localcluster.testing import wait_until
+
+    kubectl(cluster.kubeconfig, "apply", "-f", str(REPO / "manifests/base/crd.yaml"))
+    kubectl(cluster.kubeconfig, "wait", "--for=condition=Established", "crd/sparsifyjobs.yolo-sparsify.io", "--timeout=60s")
+    kubectl(cluster.kubeconfig, "create", "namespace", "allow-list", check=False)
+    rendered = helm(cluster.kubeconfig, "template", "allow", str(CHART), "--set", "admissionPolicy.imageAllowList={registry.example.com/ml/}").stdout
+    policy = [d for d in yaml.safe_load_all(rendered) if d and d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert {d["kind"] for d in policy} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    kubectl(cluster.kubeconfig, "apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in policy))
+
+    def dry_run(image):
+        body = {"apiVersion": "yolo-sparsify.io/v1alpha1", "kind": "SparsifyJob", "metadata": {"name": "img"},
+                "spec": {"model": {"arch": "yolov5s"}, "recipe": {"preset": "pruned"}, "dataset": {"uri": "s3://datasets/coco128/"},
+                         "training": {"image": image}, "output": {"bucket": "models"}}}
+        return kubectl(cluster.kubeconfig, "create", "--dry-run=server", "-n", "allow-list", "-f", "-", input=json.dumps(body), check=False)
+
+    try:
+        refused = wait_until(lambda: (r := dry_run("docker.io/someone/miner:latest")).returncode != 0 and r, 30, what="policy in force")
+        assert "training.image docker.io/someone/miner:latest is not allowed here: it must start with one of registry.example.com/ml/" \
+            in refused.stderr
+        assert dry_run("registry.example.com/ml/trainer:0.2.0").returncode == 0
+    finally:
+        kubectl(cluster.kubeconfig, "delete", "-f", "-", "--ignore-not-found", input="\n---\n".join(json.dumps(d) for d in policy))

@@ -59,5 +59,8 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     assert not rbac.list_cluster_role(label_selector=selector).items
     assert not rbac.list_cluster_role_binding(label_selector=selector).items
     assert not rbac.list_role_binding_for_all_namespaces(label_selector=selector).items
+    admission = client.AdmissionregistrationV1Api(kube)
+    assert not admission.list_validating_admission_policy(label_selector=selector).items
+    assert not admission.list_validating_admission_policy_binding(label_selector=selector).items
     # Helm never deletes CRDs from crds/ (that would delete every SparsifyJob): they stay on purpose.
     assert client.ApiextensionsV1Api(kube).read_custom_resource_definition("sparsifyjobs.yolo-sparsify.io")

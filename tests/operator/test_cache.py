@@ -78,3 +78,38 @@ def test_finished_pods_are_kept_slim_but_observe_reads_the_same():
     assert observe_attempt(failed, kept).reason == "OOMKilled"
     c.put_job({**job("demo-train", 9), "metadata": {**job("demo-train", 9)["metadata"], "managedFields": [{}]}})
     assert "managedFields" not in c.jobs_of(sj())[0]["metadata"]
+
+
+def test_relists_come_in_pages_and_keep_the_first_pages_snapshot():
+    import json as _json
+    from types import SimpleNamespace
+
+    from sparsify_operator.kube import PAGE, Kube
+
+    pages = {None: {"metadata": {"resourceVersion": "41", "continue": "p2"}, "items": [{"n": 1}, {"n": 2}]},
+             "p2": {"metadata": {"resourceVersion": "41", "continue": "p3"}, "items": [{"n": 3}]},
+             "p3": {"metadata": {"resourceVersion": "41"}, "items": [{"n": 4}]}}
+    asked = []
+
+    def list_call(namespace, limit, _continue, **kwargs):  # the shape of a kubernetes-client list call
+        asked.append((namespace, limit, _continue, kwargs.get("label_selector")))
+        return SimpleNamespace(data=_json.dumps(pages[_continue]))
+
+    out = Kube.__new__(Kube)._paged(list_call, "ml", label_selector="a=b")
+    assert [i["n"] for i in out["items"]] == [1, 2, 3, 4] and out["metadata"]["resourceVersion"] == "41"
+    assert asked == [("ml", PAGE, None, "a=b"), ("ml", PAGE, "p2", "a=b"), ("ml", PAGE, "p3", "a=b")]
+
+
+def test_stage_jobs_are_watched_with_a_server_side_label_selector_and_sparsifyjobs_without():
+    import kopf
+    from kopf._cogs.structs.references import Resource
+
+    from sparsify_operator.handlers import configure
+
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", singular="job", namespaced=True)
+    sjs = Resource(group="yolo-sparsify.io", version="v1alpha1", plural="sparsifyjobs", kind="SparsifyJob", singular="sparsifyjob",
+                   namespaced=True)
+    assert list(settings.watching.label_selectors.collect(jobs)) == ["app.kubernetes.io/managed-by=sparsify-operator"]
+    assert list(settings.watching.label_selectors.collect(sjs)) == []

@@ -366,6 +366,18 @@ def test_an_unschedulable_training_pod_is_said_and_fails_at_the_start_deadline_f
     assert "export" not in st["stages"]
 
 
+def test_a_quota_that_keeps_a_stage_job_from_creating_pods_is_said_and_fails_at_the_start_deadline(operator, custom, core, namespace):
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
+    wait_until(lambda: (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0",
+               60, what="quota status computed")
+    create(custom, namespace, manifest("nopods"))
+    wait_until(lambda: stage_status(custom, namespace, "nopods", "validate")[1].get("waitingReason") == "FailedCreate", 60,
+               what="FailedCreate in status")
+    assert "exceeded quota: no-pods" in stage_status(custom, namespace, "nopods", "validate")[1]["waitingMessage"]
+    st = wait_phase(custom, namespace, "nopods", ("Failed",), timeout=120)["status"]
+    assert st["stages"]["validate"]["reason"] == "StartDeadlineExceeded" and "FailedCreate" in st["stages"]["validate"]["message"]
+
+
 def test_a_child_the_api_server_refuses_fails_the_run_with_its_message(operator, custom, core, namespace):
     core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}})
     wait_until(lambda: (core.read_namespaced_resource_quota("no-jobs", namespace).status.hard or {}).get("count/jobs.batch") == "0",
