@@ -45,6 +45,16 @@ def jobs_of(batch, namespace, name):
     return batch.list_namespaced_job(namespace, label_selector=f"yolo-sparsify.io/sparsifyjob={name}").items
 
 
+def exists(custom, namespace, name) -> bool:
+    try:
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return True
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+
+
 def events_of(core, namespace, name):
     return [(e.reason, e.message) for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items]
 
@@ -239,15 +249,7 @@ def test_deleting_mid_run_leaves_nothing_behind_even_with_the_operator_down(oper
     operator.stop()
     try:
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
-
-        def deleted():
-            try:
-                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
-                return False
-            except client.ApiException as e:
-                return e.status == 404
-
-        wait_until(deleted, 10, what="SparsifyJob gone without waiting for the operator (no finalizer)")
+        wait_until(lambda: not exists(custom, namespace, "gone"), 10, what="SparsifyJob gone without waiting for the operator (no finalizer)")
         wait_until(lambda: not jobs_of(batch, namespace, "gone"), 60, what="Jobs garbage-collected")
         wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=gone").items,
                    60, what="pods garbage-collected")
@@ -394,15 +396,7 @@ def test_a_namesake_created_after_a_delete_is_a_new_run_with_its_own_output(oper
     done = wait_phase(custom, namespace, "again", ("Succeeded", "Failed"))["status"]
     assert done["results"]["artifacts"]["onnx"].endswith(f"/again/{first['metadata']['uid']}/model.onnx")
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
-
-    def gone():
-        try:
-            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
-            return False
-        except client.ApiException as e:
-            return e.status == 404
-
-    wait_until(gone, 30, what="deleted")
+    wait_until(lambda: not exists(custom, namespace, "again"), 30, what="deleted")
     second = create(custom, namespace, manifest("again"))  # what an Argo CD Replace sync does
     st = wait_phase(custom, namespace, "again", ("Succeeded", "Failed"))["status"]
     assert st["phase"] == "Succeeded" and second["metadata"]["uid"] != first["metadata"]["uid"]
