@@ -7,7 +7,6 @@ operator."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -15,12 +14,11 @@ from collections import defaultdict
 
 import kopf
 from kubernetes import client, config as kube_config
-from kubernetes.client.rest import ApiException
 
 from . import config, metrics
 from .api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .cache import Cache
-from .kube import Kube, body_text
+from .kube import Kube, Refused
 from .observe import observe, observe_needs_pods, observe_needs_waiting_pods
 from .reconcile import TERMINAL, plan, refused
 from .status import merge_patch
@@ -60,10 +58,8 @@ def reconcile(namespace: str, name: str) -> None:
         for manifest in p.create:
             try:
                 new, obj = kube.create(manifest)
-            except ApiException as e:
-                if not _refusal(e):
-                    raise
-                p.status, event = refused(sj, p.status, manifest["kind"], manifest["metadata"]["name"], e.status, _server_message(e), now)
+            except Refused as e:
+                p.status, event = refused(sj, p.status, manifest["kind"], manifest["metadata"]["name"], e.status, e.message, now)
                 p.events = [event]
                 break
             if manifest["kind"] == "Job" and obj:
@@ -91,19 +87,6 @@ def reconcile(namespace: str, name: str) -> None:
                 seconds = _seconds_between(st.get("startTime"), st.get("completionTime"))
                 if seconds is not None:
                     metrics.STAGE_SECONDS.labels(stage, st["phase"]).observe(seconds)
-
-
-def _refusal(e: ApiException) -> bool:
-    """A 4xx the API server will give again for the same object: not a conflict (409: it exists),
-    not throttling (429), not a namespace going away (the object goes with it)."""
-    return 400 <= (e.status or 0) < 500 and e.status not in (409, 429) and "NamespaceTerminating" not in body_text(e)
-
-
-def _server_message(e: ApiException) -> str:
-    try:
-        return json.loads(body_text(e)).get("message") or str(e.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(e.reason)
 
 
 def _pods_and_events(kube: Kube, jobs: list[dict]) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:

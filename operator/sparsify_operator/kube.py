@@ -92,7 +92,9 @@ class Kube:
 
     def create(self, manifest: dict) -> tuple[bool, dict | None]:
         """(True, the object) if created now; (False, the existing Job) if it already existed
-        (a restarted operator, a race); (False, None) if its namespace is going away."""
+        (a restarted operator, a race); (False, None) if its namespace is going away or a
+        namesake was being deleted meanwhile (the next reconcile creates it). Raises Refused
+        when the API server will refuse this object whatever is retried."""
         ns = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Job":
@@ -105,12 +107,22 @@ class Kube:
             raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:
             if e.status == 409:
-                if manifest["kind"] == "Job":  # what we missed: the next reconcile must see it
-                    return False, self._raw(self.batch.read_namespaced_job(manifest["metadata"]["name"], ns, _preload_content=False,
-                                                                           _request_timeout=TIMEOUT))
-                return False, None
+                return False, self._existing_job(manifest) if manifest["kind"] == "Job" else None
             if e.status == 403 and "NamespaceTerminating" in body_text(e):
                 return False, None  # the namespace (and this SparsifyJob) is going away
+            if 400 <= (e.status or 0) < 500 and e.status != 429:
+                raise Refused(e.status, server_message(e)) from e
+            raise
+
+    def _existing_job(self, manifest: dict) -> dict | None:
+        """The Job a create collided with: what we missed, so the next reconcile sees it; None if
+        it went away meanwhile (a deleted namesake's Job, garbage-collected)."""
+        try:
+            return self._raw(self.batch.read_namespaced_job(manifest["metadata"]["name"], manifest["metadata"]["namespace"],
+                                                            _preload_content=False, _request_timeout=TIMEOUT))
+        except ApiException as e:
+            if e.status == 404:
+                return None
             raise
 
     def patch_status(self, namespace: str, name: str, patch: dict) -> dict:
@@ -133,6 +145,22 @@ class Kube:
             self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=TIMEOUT)
         except (ApiException, OSError) as e:  # events are best effort
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(e, "reason", e))
+
+
+class Refused(Exception):
+    """The API server refused to create a child (a quota, an admission policy, an invalid
+    object): a 4xx that is not a conflict or throttling, so retrying cannot help."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def server_message(e: ApiException) -> str:
+    try:
+        return json.loads(body_text(e)).get("message") or str(e.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(e.reason)
 
 
 def body_text(e: ApiException) -> str:

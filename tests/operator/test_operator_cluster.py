@@ -399,7 +399,8 @@ def test_a_namesake_created_after_a_delete_is_a_new_run_with_its_own_output(oper
     wait_until(lambda: not exists(custom, namespace, "again"), 30, what="deleted")
     second = create(custom, namespace, manifest("again"))  # what an Argo CD Replace sync does
     st = wait_phase(custom, namespace, "again", ("Succeeded", "Failed"))["status"]
-    assert st["phase"] == "Succeeded" and second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert st["results"]["artifacts"]["onnx"].endswith(f"/again/{second['metadata']['uid']}/model.onnx")
 
 
