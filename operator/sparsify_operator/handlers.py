@@ -21,7 +21,7 @@ from .cache import Cache
 from .kube import Kube, Refused
 from .observe import observe, observe_needs_pods, observe_needs_waiting_pods
 from .reconcile import TERMINAL, plan, refused
-from .status import merge_patch
+from .status import merge_patch, seconds_between
 
 log = logging.getLogger("sparsify_operator")
 
@@ -84,7 +84,7 @@ def reconcile(namespace: str, name: str) -> None:
             old_phase = ((sj.get("status") or {}).get("stages") or {}).get(stage, {})
             old_phase = old_phase.get("phase") if isinstance(old_phase, dict) else None
             if st.get("phase") in ("Succeeded", "Failed") and old_phase != st["phase"]:
-                seconds = _seconds_between(st.get("startTime"), st.get("completionTime"))
+                seconds = seconds_between(st.get("startTime"), st.get("completionTime"))
                 if seconds is not None:
                     metrics.STAGE_SECONDS.labels(stage, st["phase"]).observe(seconds)
 
@@ -118,14 +118,6 @@ def _finished_pods(kube: Kube, jobs: list[dict]) -> dict[str, list[dict]]:
             cache.put_finished_pods(uid, pods)
         out[job["metadata"]["name"]] = pods
     return out
-
-
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    try:
-        fmt = "%Y-%m-%dT%H:%M:%SZ"
-        return (dt.datetime.strptime(end, fmt) - dt.datetime.strptime(start, fmt)).total_seconds()  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
 
 
 def safe_reconcile(namespace: str | None, name: str | None, logger: logging.Logger = log) -> None:

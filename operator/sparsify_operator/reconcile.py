@@ -3,14 +3,13 @@ the status to write and the events to post. Handlers only execute the plan."""
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from .api import STAGE_PHASES, STAGES
 from .builders import OperatorConfig, construct_job, construct_network_policy, construct_rendezvous_service
 from .observe import Attempt
 from .spec import SpecError, normalized, recipe_name, world_size
-from .status import condition, conditions, human_size
+from .status import condition, conditions, human_size, seconds_between
 
 TERMINAL = ("Succeeded", "Failed")
 NOT_RESUMED = ("DeadlineExceeded", "StartDeadlineExceeded")
@@ -57,21 +56,13 @@ def next_train_attempt(spec: dict, attempts: list[Attempt]) -> int | None:
     return last.batch_size
 
 
-def _seconds(since: str | None, now: str) -> float | None:
-    try:
-        fmt = "%Y-%m-%dT%H:%M:%SZ"
-        return (dt.datetime.strptime(now, fmt) - dt.datetime.strptime(since, fmt)).total_seconds()  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
 def start_overdue(attempt: Attempt, config: OperatorConfig, now: str) -> bool:
     """An unfinished attempt whose pods are not all running, past the start deadline (counted
     from its oldest waiting pod, else the Job's start: a Job Kueue holds suspended has not
     started)."""
     if attempt.state != "Pending":
         return False
-    age = _seconds(attempt.pending_since, now)
+    age = seconds_between(attempt.pending_since, now)
     return age is not None and age > config.start_deadline_seconds
 
 

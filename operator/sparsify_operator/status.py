@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what Kubernetes writes and what the status uses
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """end - start for two status timestamps; None where either is missing or malformed."""
+    try:
+        return (dt.datetime.strptime(end, TIME_FORMAT) - dt.datetime.strptime(start, TIME_FORMAT)).total_seconds()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
 
 def condition(kind: str, ok: bool, reason: str, message: str, generation: int | None, now: str, old: list[dict] | None) -> dict:
     status = "True" if ok else "False"
