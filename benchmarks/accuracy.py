@@ -42,8 +42,20 @@ def train_row(preset: str, data: Path, out: Path, args, seed: int, target: float
     if args.distillation is not None and "distillation_weight" in text:
         variables["distillation_weight"] = args.distillation
     t0 = time.monotonic()
-    result = train(TrainConfig(arch="yolov5n", data_dir=data, recipe=text, recipe_variables=variables, out_dir=out,
-                               batch_size=args.batch, img_size=args.img, workers=2, weights=WEIGHTS, seed=seed))
+    result = train(
+        TrainConfig(
+            arch="yolov5n",
+            data_dir=data,
+            recipe=text,
+            recipe_variables=variables,
+            out_dir=out,
+            batch_size=args.batch,
+            img_size=args.img,
+            workers=2,
+            weights=WEIGHTS,
+            seed=seed,
+        )
+    )
     result["trainSeconds"] = round(time.monotonic() - t0)
     return result
 
@@ -54,8 +66,16 @@ def onnx_row(checkpoint: Path, out: Path, data: dict, args) -> dict:
 
     info = export(checkpoint, out, img_size=args.img, opset=13, check_batch=1)
     map50, map50_95 = evaluate_onnx(Path(info["onnxPath"]), data, args.img)
-    return {"checkpoint": str(checkpoint), "onnx": info["onnxPath"], "map50": round(map50, 4), "map50_95": round(map50_95, 4), "sparsity": info["sparsity"],
-            "int8": info["quantized"], "gzipMB": round(info["sizeGzipBytes"] / 1e6, 2), "rawMB": round(info["sizeBytes"] / 1e6, 2)}
+    return {
+        "checkpoint": str(checkpoint),
+        "onnx": info["onnxPath"],
+        "map50": round(map50, 4),
+        "map50_95": round(map50_95, 4),
+        "sparsity": info["sparsity"],
+        "int8": info["quantized"],
+        "gzipMB": round(info["sizeGzipBytes"] / 1e6, 2),
+        "rawMB": round(info["sizeBytes"] / 1e6, 2),
+    }
 
 
 def main() -> int:
@@ -90,17 +110,32 @@ def main() -> int:
     data = load_data_yaml(data_dir)
     weights = read_weights(WEIGHTS)
     spec = resolve({"arch": "yolov5n"}, data["nc"], weights)
-    rows: list[dict] = [{"row": "pretrained dense, as is", "seed": None, **onnx_row(
-        dense_checkpoint(spec, work / "pretrained.pt", weights), work / "onnx-pretrained", data, args)}]
+    rows: list[dict] = [
+        {
+            "row": "pretrained dense, as is",
+            "seed": None,
+            **onnx_row(dense_checkpoint(spec, work / "pretrained.pt", weights), work / "onnx-pretrained", data, args),
+        }
+    ]
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    presets = [("dense fine-tuned (control)", "transfer-baseline", None), ("pruned", "transfer-pruned", args.target),
-               ("pruned-quantized", "transfer-pruned-quantized", args.target)]
+    presets = [
+        ("dense fine-tuned (control)", "transfer-baseline", None),
+        ("pruned", "transfer-pruned", args.target),
+        ("pruned-quantized", "transfer-pruned-quantized", args.target),
+    ]
     for seed in args.seeds:
         for label, preset, target in presets:
             out = work / f"{preset}-{seed}"
             res = train_row(preset, data_dir, out, args, seed, target)
-            rows.append({"row": label, "seed": seed, "torchMap50": res["bestMap50"], "trainSeconds": res["trainSeconds"],
-                         **onnx_row(out / "best.pt", work / f"onnx-{preset}-{seed}", data, args)})
+            rows.append(
+                {
+                    "row": label,
+                    "seed": seed,
+                    "torchMap50": res["bestMap50"],
+                    "trainSeconds": res["trainSeconds"],
+                    **onnx_row(out / "best.pt", work / f"onnx-{preset}-{seed}", data, args),
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     curve: list[dict] = []
     for target in args.curve:
@@ -110,8 +145,14 @@ def main() -> int:
             continue
         out = work / f"curve-{target}"
         res = train_row("transfer-pruned-quantized", data_dir, out, args, args.seeds[0], target)
-        curve.append({"target": target, "seed": args.seeds[0], "torchMap50": res["bestMap50"],
-                      **onnx_row(out / "best.pt", work / f"onnx-curve-{target}", data, args)})
+        curve.append(
+            {
+                "target": target,
+                "seed": args.seeds[0],
+                "torchMap50": res["bestMap50"],
+                **onnx_row(out / "best.pt", work / f"onnx-curve-{target}", data, args),
+            }
+        )
         print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     # speed: the pretrained dense model vs the first seed's pruned and pruned-quantized, interleaved rounds
     from sparsify_worker.export import export
@@ -121,10 +162,24 @@ def main() -> int:
         dense_onnx = export(Path(rows[0]["checkpoint"]), work / f"speed-{img}-dense", img_size=img, opset=13, check_batch=1)["onnxPath"]
         for label in ("pruned", "pruned-quantized"):
             model = next(r for r in rows if r["row"] == label)
-            sparse_onnx = export(Path(model["checkpoint"]), work / f"speed-{img}-{label}", img_size=img, opset=13, check_batch=1)["onnxPath"]
-            speed[f"{label} @ {img} px"] = benchmark(Path(sparse_onnx), ["deepsparse", "onnxruntime"], args.bench_batch, None, "sync",
-                                                     args.bench_seconds, args.bench_rounds, Path(dense_onnx))
-            print(json.dumps({"speed": label, "img": img, "speedup": speed[f"{label} @ {img} px"].get("speedup")}), file=sys.stderr, flush=True)
+            sparse_onnx = export(Path(model["checkpoint"]), work / f"speed-{img}-{label}", img_size=img, opset=13, check_batch=1)[
+                "onnxPath"
+            ]
+            speed[f"{label} @ {img} px"] = benchmark(
+                Path(sparse_onnx),
+                ["deepsparse", "onnxruntime"],
+                args.bench_batch,
+                None,
+                "sync",
+                args.bench_seconds,
+                args.bench_rounds,
+                Path(dense_onnx),
+            )
+            print(
+                json.dumps({"speed": label, "img": img, "speedup": speed[f"{label} @ {img} px"].get("speedup")}),
+                file=sys.stderr,
+                flush=True,
+            )
     report(rows, curve, speed, args)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_info(), "rows": rows, "curve": curve, "speed": speed}, indent=1))
@@ -139,21 +194,27 @@ def report(rows: list[dict], curve: list[dict], speed: dict, args) -> None:
     from sparsify_worker.benchmark import cpu_info
 
     cpu = cpu_info()
-    print(f"yolov5n (COCO-pretrained, v7.0 layout, SiLU), coco128 96 train / 32 eval, {args.img} px, {args.epochs} epochs, "
-          f"batch {args.batch}, init_lr {args.init_lr}, seeds {args.seeds}; CPU {cpu['vendor']} {cpu['isa']} VNNI {cpu['vnni']}, "
-          f"{cpu['cores']} cores")
+    print(
+        f"yolov5n (COCO-pretrained, v7.0 layout, SiLU), coco128 96 train / 32 eval, {args.img} px, {args.epochs} epochs, "
+        f"batch {args.batch}, init_lr {args.init_lr}, seeds {args.seeds}; CPU {cpu['vendor']} {cpu['isa']} VNNI {cpu['vnni']}, "
+        f"{cpu['cores']} cores"
+    )
     print()
-    print("| row | ONNX mAP@0.5 | ONNX mAP@0.5:0.95 | PyTorch mAP@0.5 (train loop) | sparsity | INT8 | size MB gzip (raw) | "
-          "retained vs control (mAP@0.5) |")
+    print(
+        "| row | ONNX mAP@0.5 | ONNX mAP@0.5:0.95 | PyTorch mAP@0.5 (train loop) | sparsity | INT8 | size MB gzip (raw) | "
+        "retained vs control (mAP@0.5) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     control = statistics.mean([r["map50"] for r in rows if r["row"].startswith("dense fine-tuned")] or [float("nan")])
     for label in dict.fromkeys(r["row"] for r in rows):
         rs = [r for r in rows if r["row"] == label]
         torch_maps = [r["torchMap50"] for r in rs if "torchMap50" in r]
         m50 = statistics.mean([r["map50"] for r in rs])
-        print(f"| {label} | {_mean([r['map50'] for r in rs])} | {_mean([r['map50_95'] for r in rs])} | "
-              f"{_mean(torch_maps) if torch_maps else '-'} | {rs[0]['sparsity']:.1%} | {'yes' if rs[0]['int8'] else 'no'} | "
-              f"{rs[0]['gzipMB']} ({rs[0]['rawMB']}) | {m50 / control:.1%} |")
+        print(
+            f"| {label} | {_mean([r['map50'] for r in rs])} | {_mean([r['map50_95'] for r in rs])} | "
+            f"{_mean(torch_maps) if torch_maps else '-'} | {rs[0]['sparsity']:.1%} | {'yes' if rs[0]['int8'] else 'no'} | "
+            f"{rs[0]['gzipMB']} ({rs[0]['rawMB']}) | {m50 / control:.1%} |"
+        )
     print()
     print("Retention of pruned-quantized against sparsity (seed %d; ONNX INT8 evaluated):" % args.seeds[0])
     print()
@@ -162,24 +223,30 @@ def report(rows: list[dict], curve: list[dict], speed: dict, args) -> None:
     for c in sorted(curve, key=lambda c: c["target"]):
         print(f"| {c['target']:.0%} | {c['sparsity']:.1%} | {c['map50']:.3f} | {c['map50'] / control:.1%} |")
     print()
-    print(f"Throughput, batch {args.bench_batch}, {args.bench_seconds} s x {args.bench_rounds} interleaved rounds (median, range); "
-          "the dense row is measured in the same rounds as each sparse one:")
+    print(
+        f"Throughput, batch {args.bench_batch}, {args.bench_seconds} s x {args.bench_rounds} interleaved rounds (median, range); "
+        "the dense row is measured in the same rounds as each sparse one:"
+    )
     print()
     print("| model | DeepSparse img/s | ONNX Runtime img/s | DS native |")
     print("|---|---|---|---|")
     for name, s in speed.items():
         for label, engines in ((f"dense (pretrained) @ {name.split(' @ ')[1]}", s["denseEngines"]), (name, s["engines"])):
             ds, ort = engines.get("deepsparse", {}), engines.get("onnxruntime", {})
-            print(f"| {label} | {ds.get('imagesPerSecond')} ({ds.get('imagesPerSecondMin')}-{ds.get('imagesPerSecondMax')}) | "
-                  f"{ort.get('imagesPerSecond')} ({ort.get('imagesPerSecondMin')}-{ort.get('imagesPerSecondMax')}) | "
-                  f"{ds.get('nativeFraction')} |")
+            print(
+                f"| {label} | {ds.get('imagesPerSecond')} ({ds.get('imagesPerSecondMin')}-{ds.get('imagesPerSecondMax')}) | "
+                f"{ort.get('imagesPerSecond')} ({ort.get('imagesPerSecondMin')}-{ort.get('imagesPerSecondMax')}) | "
+                f"{ds.get('nativeFraction')} |"
+            )
     print()
     for name, s in speed.items():
         dense_ort = s["denseEngines"].get("onnxruntime", {}).get("imagesPerSecond")
         ds = s["engines"].get("deepsparse", {}).get("imagesPerSecond")
         ratio = f"{ds / dense_ort:.2f}x" if ds and dense_ort else "-"
-        print(f"{name}: DeepSparse sparse vs the dense model's faster engine {s.get('speedup')}x per round "
-              f"(range {s.get('speedupRange')}); vs ONNX Runtime dense {ratio}")
+        print(
+            f"{name}: DeepSparse sparse vs the dense model's faster engine {s.get('speedup')}x per round "
+            f"(range {s.get('speedupRange')}); vs ONNX Runtime dense {ratio}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer_image"))
 
 SEED = {  # DeepSparse img/s on a 24-core c5.12xlarge, batch 64, 640 px; size MB
-    ("yolov5s", "baseline"): (135.8, 24.8), ("yolov5s", "pruned"): (199.1, 8.4), ("yolov5s", "pruned-quantized"): (396.7, 3.3),
-    ("yolov5l", "baseline"): (27.9, 154), ("yolov5l", "pruned"): (63.7, 32.8), ("yolov5l", "pruned-quantized"): (139.8, 12.7),
+    ("yolov5s", "baseline"): (135.8, 24.8),
+    ("yolov5s", "pruned"): (199.1, 8.4),
+    ("yolov5s", "pruned-quantized"): (396.7, 3.3),
+    ("yolov5l", "baseline"): (27.9, 154),
+    ("yolov5l", "pruned"): (63.7, 32.8),
+    ("yolov5l", "pruned-quantized"): (139.8, 12.7),
 }
 
 
@@ -39,8 +43,19 @@ def make_checkpoint(arch: str, kind: str, data: Path, work: Path, activation: st
     if kind == "baseline":
         return dense_checkpoint(ModelSpec(arch, "v5.0", activation, 3), out / "best.pt")  # the same 3 classes as the sparse ones
     epochs = 3 if kind == "pruned" else 4
-    train(TrainConfig(arch=arch, data_dir=data, recipe=text, recipe_variables=rescaled_variables(text, epochs), out_dir=out,
-                      batch_size=8, img_size=64, workers=0, activation=activation))
+    train(
+        TrainConfig(
+            arch=arch,
+            data_dir=data,
+            recipe=text,
+            recipe_variables=rescaled_variables(text, epochs),
+            out_dir=out,
+            batch_size=8,
+            img_size=64,
+            workers=0,
+            activation=activation,
+        )
+    )
     return out / "best.pt"
 
 
@@ -75,9 +90,19 @@ def main() -> None:
                 for batch in args.batches:
                     for engine in ("deepsparse", "onnxruntime"):
                         r = run_engine(Path(info["onnxPath"]), engine, batch, None, "sync", args.seconds)
-                        rows.append({"arch": arch, "kind": kind, "batch": batch, "engine": engine, **r,
-                                     "sizeMB": info["sizeBytes"] / 1e6, "gzipMB": info["sizeGzipBytes"] / 1e6,
-                                     "sparsity": info["sparsity"], "int8": info["quantized"]})
+                        rows.append(
+                            {
+                                "arch": arch,
+                                "kind": kind,
+                                "batch": batch,
+                                "engine": engine,
+                                **r,
+                                "sizeMB": info["sizeBytes"] / 1e6,
+                                "gzipMB": info["sizeGzipBytes"] / 1e6,
+                                "sparsity": info["sparsity"],
+                                "int8": info["quantized"],
+                            }
+                        )
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                 print(f"# {arch} {kind}: model ready and measured in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
     report(rows, args)
@@ -89,8 +114,10 @@ def report(rows: list[dict], args) -> None:
     from sparsify_worker.benchmark import cpu_info
 
     cpu = cpu_info()
-    print(f"CPU: {cpu['vendor']} {cpu['isa']}, AVX-512 {cpu['avx512']}, VNNI {cpu['vnni']}, {cpu['cores']} cores; "
-          f"{args.img}px, sync, {args.seconds}s per measurement, activation {args.activation}")
+    print(
+        f"CPU: {cpu['vendor']} {cpu['isa']}, AVX-512 {cpu['avx512']}, VNNI {cpu['vnni']}, {cpu['cores']} cores; "
+        f"{args.img}px, sync, {args.seconds}s per measurement, activation {args.activation}"
+    )
     print()
     print("| model | recipe | sparsity | INT8 | size MB (gzip) | batch | DeepSparse img/s | ONNX Runtime img/s | DS native |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -101,8 +128,10 @@ def report(rows: list[dict], args) -> None:
         o = by.get((arch, kind, batch, "onnxruntime"), {})
         ds_ips = r.get("imagesPerSecond", "err")
         ort_ips = o.get("imagesPerSecond", "err")
-        print(f"| {arch} | {kind} | {r['sparsity']:.1%} | {'yes' if r['int8'] else 'no'} | {r['sizeMB']:.1f} ({r['gzipMB']:.1f}) | "
-              f"{batch} | {ds_ips} | {ort_ips} | {r.get('nativeFraction', '-')} |")
+        print(
+            f"| {arch} | {kind} | {r['sparsity']:.1%} | {'yes' if r['int8'] else 'no'} | {r['sizeMB']:.1f} ({r['gzipMB']:.1f}) | "
+            f"{batch} | {ds_ips} | {ort_ips} | {r.get('nativeFraction', '-')} |"
+        )
     print()
     for arch in args.archs:
         for batch in args.batches:

@@ -54,12 +54,20 @@ PHASE_ORDER = ["Pending", "Validating", "Training", "Exporting", "Benchmarking",
 
 
 def sparsifyjob(name: str, train_seconds: int) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": name},
-            "spec": {"model": {"arch": "yolov5s"}, "recipe": {"preset": "pruned-quantized"},
-                     "dataset": {"uri": "s3://data/coco128/"},
-                     "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 16, "epochs": 4},
-                     "benchmark": {"durationSeconds": 1}, "output": {"bucket": "models"},
-                     "env": [{"name": "STANDIN_TRAIN_SECONDS", "value": str(train_seconds)}]}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SparsifyJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"arch": "yolov5s"},
+            "recipe": {"preset": "pruned-quantized"},
+            "dataset": {"uri": "s3://data/coco128/"},
+            "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 16, "epochs": 4},
+            "benchmark": {"durationSeconds": 1},
+            "output": {"bucket": "models"},
+            "env": [{"name": "STANDIN_TRAIN_SECONDS", "value": str(train_seconds)}],
+        },
+    }
 
 
 def plain_job(name: str, namespace: str) -> dict:
@@ -90,8 +98,14 @@ class Watcher(threading.Thread):
                     rv = listed["metadata"]["resourceVersion"]
                     for obj in listed["items"]:
                         self.on_object(obj)
-                resp = self.list_fn(watch=True, resource_version=rv, timeout_seconds=30, allow_watch_bookmarks=True,
-                                    _preload_content=False, **self.selectors)
+                resp = self.list_fn(
+                    watch=True,
+                    resource_version=rv,
+                    timeout_seconds=30,
+                    allow_watch_bookmarks=True,
+                    _preload_content=False,
+                    **self.selectors,
+                )
                 for line in resp:
                     event = json.loads(line)
                     if event["type"] == "ERROR":
@@ -155,14 +169,21 @@ def audit_counts(audit_log: Path, since: dt.datetime, until: dt.datetime) -> tup
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, log: Path):
         self.port, self.metrics_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
-               "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-               "SPARSIFY_METRICS_PORT": str(self.metrics_port),
-               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}  # the operator of this checkout
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
+            "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
+            "SPARSIFY_METRICS_PORT": str(self.metrics_port),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),
+        }  # the operator of this checkout
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
-                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
         def live() -> bool:
             if self.proc.poll() is not None:
@@ -223,8 +244,11 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
             for f in ("crd.yaml", "namespace.yaml", "rbac.yaml"):
                 kubectl(info.kubeconfig, "apply", "-f", str(REPO / "manifests/base" / f))
             kubectl(info.kubeconfig, "wait", "--for=condition=Established", "crd/sparsifyjobs.yolo-sparsify.io", "--timeout=60s")
-            wait_until(lambda: core.list_namespaced_service_account("sparsify-system", field_selector="metadata.name=sparsify-operator").items,
-                       30, what="operator ServiceAccount")
+            wait_until(
+                lambda: core.list_namespaced_service_account("sparsify-system", field_selector="metadata.name=sparsify-operator").items,
+                30,
+                what="operator ServiceAccount",
+            )
             kc = service_account_kubeconfig(info.kubeconfig, core, "sparsify-system", "sparsify-operator", state / "operator.kubeconfig")
             op = OperatorProcess(kc, state / "operator.log")
             Watcher(functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL), on_sj, stop).start()
@@ -234,6 +258,7 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
             def make(name: str) -> None:
                 custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, sparsifyjob(name, train_seconds))
         else:
+
             def make(name: str) -> None:
                 batch.create_namespaced_job(ns, plain_job(name, ns))
 
@@ -264,9 +289,14 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
             time.sleep(5)  # let the last status writes and events land before counting
             cpu1, rss = proc_stats(op.proc.pid)
             op.stop()
-            result.update(createToValidateJob=between(submitted, job_added["validate"]), createToTrainJob=between(submitted, job_added["train"]),
-                          validateDoneToTrainJob=between(job_done["validate"], job_added["train"]),
-                          createToPhase=between(submitted, reached), operatorCpuSeconds=round(cpu1 - cpu0, 1), operatorPeakRssMB=round(rss, 1))
+            result.update(
+                createToValidateJob=between(submitted, job_added["validate"]),
+                createToTrainJob=between(submitted, job_added["train"]),
+                validateDoneToTrainJob=between(job_done["validate"], job_added["train"]),
+                createToPhase=between(submitted, reached),
+                operatorCpuSeconds=round(cpu1 - cpu0, 1),
+                operatorPeakRssMB=round(rss, 1),
+            )
         else:
             time.sleep(5)
             result.update(createToComplete=between(submitted, job_done["validate"]))
@@ -288,28 +318,39 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
 def between(start: dict[str, float], end: dict[str, float]) -> dict:
     """p50 / p99 / mean seconds from `start` to `end` over the objects that have both."""
     values = [end[k] - t for k, t in start.items() if k in end]
-    return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2),
-            "mean": round(statistics.fmean(values), 2) if values else float("nan")}
+    return {
+        "p50": round(percentile(values, 50), 2),
+        "p99": round(percentile(values, 99), 2),
+        "mean": round(statistics.fmean(values), 2) if values else float("nan"),
+    }
 
 
 def report(results: list[dict]) -> None:
-    print("| N | run | create -> first Job p50 / p99 s | create -> train Job p50 / p99 s | all N there s | "
-          "operator CPU s | operator peak RSS MB | operator requests / SJ | all requests / object |")
+    print(
+        "| N | run | create -> first Job p50 / p99 s | create -> train Job p50 / p99 s | all N there s | "
+        "operator CPU s | operator peak RSS MB | operator requests / SJ | all requests / object |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if r["mode"] == "plain":
             c = r["createToComplete"]
-            print(f"| {r['n']} | plain Job (floor): create -> Complete | {c['p50']} / {c['p99']} | - | {r['allDoneSeconds']} | - | - | - | "
-                  f"{r['requestsPerObject']} |")
+            print(
+                f"| {r['n']} | plain Job (floor): create -> Complete | {c['p50']} / {c['p99']} | - | {r['allDoneSeconds']} | - | - | - | "
+                f"{r['requestsPerObject']} |"
+            )
         else:
             v, t = r["createToValidateJob"], r["createToTrainJob"]
-            print(f"| {r['n']} | SparsifyJob to {r['until']} | {v['p50']} / {v['p99']} | {t['p50']} / {t['p99']} | {r['allDoneSeconds']} | "
-                  f"{r['operatorCpuSeconds']} | {r['operatorPeakRssMB']} | {r['operatorRequestsPerSparsifyJob']} | {r['requestsPerObject']} |")
+            print(
+                f"| {r['n']} | SparsifyJob to {r['until']} | {v['p50']} / {v['p99']} | {t['p50']} / {t['p99']} | {r['allDoneSeconds']} | "
+                f"{r['operatorCpuSeconds']} | {r['operatorPeakRssMB']} | {r['operatorRequestsPerSparsifyJob']} | {r['requestsPerObject']} |"
+            )
     for r in results:
         if r["mode"] == "operator":
             kinds = ", ".join(f"{k} {v}" for k, v in r["operatorRequestKinds"].items())
-            print(f"\nN={r['n']}: validate Complete -> train Job p50 {r['validateDoneToTrainJob']['p50']} s, "
-                  f"p99 {r['validateDoneToTrainJob']['p99']} s; operator requests per SparsifyJob: {kinds}")
+            print(
+                f"\nN={r['n']}: validate Complete -> train Job p50 {r['validateDoneToTrainJob']['p50']} s, "
+                f"p99 {r['validateDoneToTrainJob']['p99']} s; operator requests per SparsifyJob: {kinds}"
+            )
         users = ", ".join(f"{u.split(':')[-1]} {c}" for u, c in r["requestsByUserPerObject"].items())
         print(f"N={r['n']} {r['mode']}: requests per object by component: {users}")
 

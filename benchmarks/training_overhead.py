@@ -70,7 +70,9 @@ def main() -> None:
         os.chdir(tmp)
         results = {mode: loop(mode) for mode in ("plain", "pruning", "qat")}
     base = statistics.median(results["plain"])
-    print(f"{args.arch}, batch {args.batch}, {args.img}px, {args.steps} steps each, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.arch}, batch {args.batch}, {args.img}px, {args.steps} steps each, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"{'loop':10s} {'mean ms':>9s} {'median ms':>10s} {'vs plain':>9s}")
     for mode, ts in results.items():
         med = statistics.median(ts)

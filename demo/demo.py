@@ -38,8 +38,9 @@ def say(msg: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make demo")
-    parser.add_argument("--job", type=Path, default=None, help="default: demo/sparsifyjob.yaml with ../shared/data, "
-                        "else demo/sparsifyjob-shapes.yaml")
+    parser.add_argument(
+        "--job", type=Path, default=None, help="default: demo/sparsifyjob.yaml with ../shared/data, else demo/sparsifyjob-shapes.yaml"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
     args = parser.parse_args()
     t0 = time.monotonic()
@@ -70,24 +71,79 @@ def run(info, job_path: Path, t0: float) -> int:
         job_path = REPO / "demo" / ("sparsifyjob.yaml" if real else "sparsifyjob-shapes.yaml")
     if real:
         say(f"real data: coco128 from {COCO128} (first 96 images train, the other 32 validate) -> s3://datasets/coco128/")
-        subprocess.run([sys.executable, "-m", "sparsify_worker.cli", "make-dataset", str(Path(info.state_dir) / "coco128"),
-                        "--from", str(COCO128), "--train", "96", "--val", "32", "--upload", "s3://datasets/coco128"],
-                       env=env, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sparsify_worker.cli",
+                "make-dataset",
+                str(Path(info.state_dir) / "coco128"),
+                "--from",
+                str(COCO128),
+                "--train",
+                "96",
+                "--val",
+                "32",
+                "--upload",
+                "s3://datasets/coco128",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         local_s3.create_bucket(info.s3_endpoint, "weights")
         local_s3.client(info.s3_endpoint).upload_file(str(WEIGHTS), "weights", "yolov5n-v7.0.pt")
         say(f"COCO-pretrained YOLOv5n (Ultralytics v7.0 checkpoint) from {WEIGHTS} -> s3://weights/yolov5n-v7.0.pt")
     else:
-        say(f"{SHARED} has no coco128 + yolov5n-v7.0.pt: falling back to generated shapes and the seed's from-scratch recipe "
-            "(no pretrained weights, so no accuracy comparison)")
-        subprocess.run([sys.executable, "-m", "sparsify_worker.cli", "make-dataset", str(Path(info.state_dir) / "shapes"),
-                        "--train", "128", "--val", "32", "--size", "160", "--upload", "s3://datasets/shapes"],
-                       env=env, check=True, capture_output=True)
-    kubectl(info.kubeconfig, "create", "secret", "generic", "s3-credentials", "-n", ns,
-            *[f"--from-literal={k}={v}" for k, v in creds.items()])
+        say(
+            f"{SHARED} has no coco128 + yolov5n-v7.0.pt: falling back to generated shapes and the seed's from-scratch recipe "
+            "(no pretrained weights, so no accuracy comparison)"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sparsify_worker.cli",
+                "make-dataset",
+                str(Path(info.state_dir) / "shapes"),
+                "--train",
+                "128",
+                "--val",
+                "32",
+                "--size",
+                "160",
+                "--upload",
+                "s3://datasets/shapes",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    kubectl(
+        info.kubeconfig, "create", "secret", "generic", "s3-credentials", "-n", ns, *[f"--from-literal={k}={v}" for k, v in creds.items()]
+    )
     say("installing the operator with its Helm chart (charts/sparsify-operator)")
-    res = helm(info.kubeconfig, "install", "sparsify", str(REPO / "charts/sparsify-operator"), "-n", "sparsify-system",
-               "--create-namespace", "--set", f"defaults.s3.endpoint={info.s3_endpoint}", "--set", f"healthPort={free_port()}",
-               "--set", f"metrics.port={free_port()}", "--set", "resyncSeconds=10", "--wait", "--timeout", "180s", check=False)
+    res = helm(
+        info.kubeconfig,
+        "install",
+        "sparsify",
+        str(REPO / "charts/sparsify-operator"),
+        "-n",
+        "sparsify-system",
+        "--create-namespace",
+        "--set",
+        f"defaults.s3.endpoint={info.s3_endpoint}",
+        "--set",
+        f"healthPort={free_port()}",
+        "--set",
+        f"metrics.port={free_port()}",
+        "--set",
+        "resyncSeconds=10",
+        "--wait",
+        "--timeout",
+        "180s",
+        check=False,
+    )
     if res.returncode != 0:
         print(res.stderr, file=sys.stderr)
         return 1
@@ -137,8 +193,11 @@ def table(job: dict, status: dict, endpoint: str) -> int:
     dense = doc.get("dense") or {}
     dtp, tp = dense.get("throughput") or {}, doc.get("throughput") or {}
     bench = read_json(endpoint, r["artifacts"]["report"].rsplit("/", 1)[0] + "/benchmark.json")
-    ranges = {(m, e): v for m, engines in (("sparse", bench.get("engines") or {}), ("dense", (bench.get("dense") or {}).get("engines") or {}))
-              for e, v in engines.items()}
+    ranges = {
+        (m, e): v
+        for m, engines in (("sparse", bench.get("engines") or {}), ("dense", (bench.get("dense") or {}).get("engines") or {}))
+        for e, v in engines.items()
+    }
 
     def ips(model: str, engine: str, value) -> str:
         v = ranges.get((model, engine)) or {}
@@ -151,24 +210,32 @@ def table(job: dict, status: dict, endpoint: str) -> int:
     what = f"{doc.get('model')} ({doc.get('layout')}, {doc.get('activation')})"
     print(f"| {what} | mAP@0.5 | sparsity | size (gzip) | DeepSparse img/s (range) | ONNX Runtime img/s (range) |")
     print("|---|---|---|---|---|---|")
-    print(f"| dense ({'pretrained, as is' if dense.get('map50') is not None else 'untrained reference'}) | {m(dense.get('map50'))} | 0% | "
-          f"{(dense.get('sizeGzipBytes') or 0) / 1e6:.1f} MB | {ips('dense', 'deepsparse', dtp.get('deepsparse'))} | "
-          f"{ips('dense', 'onnxruntime', dtp.get('onnxruntime'))} |")
-    print(f"| {doc['recipe']} | {m(doc.get('map50'))} | {(doc.get('sparsity') or 0):.1%} | {(doc.get('sizeGzipBytes') or 0) / 1e6:.1f} MB | "
-          f"{ips('sparse', 'deepsparse', tp.get('deepsparse'))} | {ips('sparse', 'onnxruntime', tp.get('onnxruntime'))} |")
+    print(
+        f"| dense ({'pretrained, as is' if dense.get('map50') is not None else 'untrained reference'}) | {m(dense.get('map50'))} | 0% | "
+        f"{(dense.get('sizeGzipBytes') or 0) / 1e6:.1f} MB | {ips('dense', 'deepsparse', dtp.get('deepsparse'))} | "
+        f"{ips('dense', 'onnxruntime', dtp.get('onnxruntime'))} |"
+    )
+    print(
+        f"| {doc['recipe']} | {m(doc.get('map50'))} | {(doc.get('sparsity') or 0):.1%} | {(doc.get('sizeGzipBytes') or 0) / 1e6:.1f} MB | "
+        f"{ips('sparse', 'deepsparse', tp.get('deepsparse'))} | {ips('sparse', 'onnxruntime', tp.get('onnxruntime'))} |"
+    )
     print()
     lo, hi = doc.get("speedupRange") or (None, None)
     if doc.get("speedup") is not None:
-        print(f"Speed-up, DeepSparse on the sparse model vs the dense model's faster engine, same node: {doc['speedup']:.2f}x "
-              f"(median of {bench.get('rounds', 1)} interleaved rounds; spread {lo:.2f}-{hi:.2f}x)")
+        print(
+            f"Speed-up, DeepSparse on the sparse model vs the dense model's faster engine, same node: {doc['speedup']:.2f}x "
+            f"(median of {bench.get('rounds', 1)} interleaved rounds; spread {lo:.2f}-{hi:.2f}x)"
+        )
     if doc.get("accuracyRetention") is not None:
         print(f"Accuracy retained: {doc['accuracyRetention']:.1%} of the dense model's mAP@0.5 on the same 32 validation images")
     for v in doc.get("verdicts") or []:
         print(f"  {'ok ' if v['ok'] else 'NOT'} {v['type']}: {v['message']}")
     spec = job["spec"]
-    print(f"\nmAP on {spec['dataset']['uri']} validation images after {doc.get('epochs')} epochs at {spec['training'].get('imgSize')} px, "
-          f"not COCO val; throughput is this machine's cores at batch {bench.get('batchSize')}. The pretrained weights saw these "
-          "images in training: only the difference between the rows means something.")
+    print(
+        f"\nmAP on {spec['dataset']['uri']} validation images after {doc.get('epochs')} epochs at {spec['training'].get('imgSize')} px, "
+        f"not COCO val; throughput is this machine's cores at batch {bench.get('batchSize')}. The pretrained weights saw these "
+        "images in training: only the difference between the rows means something."
+    )
     print("\nArtifacts:")
     for k, v in r.get("artifacts", {}).items():
         print(f"  {k:15s} {v}")

@@ -1,11 +1,11 @@
 """Command line for the local cluster.
 
-    python -m localcluster up      [--state DIR]   start in the background, print the kubeconfig path
-    python -m localcluster down    [--state DIR]   stop it and remove what it started
-    python -m localcluster status  [--state DIR]   print cluster.json
-    python -m localcluster binaries                build/unpack the pinned binaries, print their dir
-    python -m localcluster logs NAMESPACE POD [CONTAINER]
-    python -m localcluster serve   --state DIR     the supervisor itself (foreground)
+python -m localcluster up      [--state DIR]   start in the background, print the kubeconfig path
+python -m localcluster down    [--state DIR]   stop it and remove what it started
+python -m localcluster status  [--state DIR]   print cluster.json
+python -m localcluster binaries                build/unpack the pinned binaries, print their dir
+python -m localcluster logs NAMESPACE POD [CONTAINER]
+python -m localcluster serve   --state DIR     the supervisor itself (foreground)
 """
 
 from __future__ import annotations

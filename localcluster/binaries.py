@@ -85,7 +85,9 @@ def _staging_replaces(go: str, env: dict[str, str]) -> list[str]:
     replaced by the published k8s.io/* versions that match the release (v1.34.4 -> v0.34.4)."""
     out = subprocess.run(
         [go, "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if out.returncode != 0:
         raise BinaryBuildError(

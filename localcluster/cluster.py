@@ -64,8 +64,12 @@ def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int, audit: bool = False) 
         kubelet = ProcessKubelet(cp.kubeconfig_for(KUBELET), nodes, state_dir, cp.apiserver_port, entrypoints).start()
         _wait_default_service_account(cp.admin_kubeconfig)
         info = ClusterInfo(
-            state_dir=str(state_dir), kubeconfig=str(cp.admin_kubeconfig), server=cp.server,
-            s3_endpoint=s3_endpoint, nodes=[n.name for n in nodes], supervisor_pid=os.getpid(),
+            state_dir=str(state_dir),
+            kubeconfig=str(cp.admin_kubeconfig),
+            server=cp.server,
+            s3_endpoint=s3_endpoint,
+            nodes=[n.name for n in nodes],
+            supervisor_pid=os.getpid(),
             started_seconds=round(time.monotonic() - started, 2),
         )
         tmp = state_dir / f".{INFO_FILE}"
@@ -111,12 +115,23 @@ class LocalCluster:
     def start(self, detach: bool = False) -> ClusterInfo:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / INFO_FILE).unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "localcluster", "serve", "--state", str(self.state_dir),
-               "--gpu-nodes", str(self.gpu_nodes), "--cpu-nodes", str(self.cpu_nodes)] + (["--audit"] if self.audit else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "localcluster",
+            "serve",
+            "--state",
+            str(self.state_dir),
+            "--gpu-nodes",
+            str(self.gpu_nodes),
+            "--cpu-nodes",
+            str(self.cpu_nodes),
+        ] + (["--audit"] if self.audit else [])
         if detach:  # outlives this process (make cluster): no death signal, own session
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         else:
             self.proc = spawn(cmd, self.log_path)
         deadline = time.monotonic() + READY_TIMEOUT

@@ -49,8 +49,14 @@ def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")
     return subprocess.Popen(
-        cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-        start_new_session=True, preexec_fn=_die_with_parent,
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
 
 
@@ -78,10 +84,15 @@ def write_kubeconfig(path: Path, server: str, pki: PKI, ident: ClientIdentity, c
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": context, "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": ident.file_stem, "user": {
-            "client-certificate-data": b64(f"{ident.file_stem}.crt"),
-            "client-key-data": b64(f"{ident.file_stem}.key"),
-        }}],
+        "users": [
+            {
+                "name": ident.file_stem,
+                "user": {
+                    "client-certificate-data": b64(f"{ident.file_stem}.crt"),
+                    "client-key-data": b64(f"{ident.file_stem}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": context, "context": {"cluster": context, "user": ident.file_stem}}],
         "current-context": context,
     }
@@ -124,14 +135,24 @@ class ControlPlane:
         if not self.audit:
             return []
         policy = self.state_dir / "audit-policy.yaml"
-        policy.write_text(yaml.safe_dump({
-            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-            "omitStages": ["RequestReceived", "ResponseStarted"],  # one line per request, when it completes
-            "rules": [{"level": "Metadata"}],
-        }))
-        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
-                "--audit-log-mode=batch",
-                "--audit-log-maxsize=100000", "--audit-log-maxbackup=0"]  # MB: never rotate (0 would mean 100 MB)
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived", "ResponseStarted"],  # one line per request, when it completes
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=batch",
+            "--audit-log-maxsize=100000",
+            "--audit-log-maxbackup=0",
+        ]  # MB: never rotate (0 would mean 100 MB)
 
     def start(self) -> "ControlPlane":
         binaries.ensure_all()
@@ -141,35 +162,49 @@ class ControlPlane:
         bin_ = binaries.binary
         p = self.pki.path
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
-        self.procs["etcd"] = spawn([
-            str(bin_("etcd")), "--name=local", f"--data-dir={self.state_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=local=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync",  # a throwaway dev cluster: durability is not worth the fsync latency
-            "--log-level=warn",
-        ], self._log("etcd"))
+        self.procs["etcd"] = spawn(
+            [
+                str(bin_("etcd")),
+                "--name=local",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=local=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",  # a throwaway dev cluster: durability is not worth the fsync latency
+                "--log-level=warn",
+            ],
+            self._log("etcd"),
+        )
         self._wait(lambda: _http_ok(f"{etcd_url}/health"), "etcd", 30)
 
-        self.procs["kube-apiserver"] = spawn([
-            str(bin_("kube-apiserver")),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.apiserver_port}",
-            f"--cert-dir={self.state_dir / 'apiserver-certs'}",
-            f"--tls-cert-file={p('apiserver.crt')}", f"--tls-private-key-file={p('apiserver.key')}",
-            f"--client-ca-file={p('ca.crt')}",
-            "--authorization-mode=Node,RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p('sa.pub')}", f"--service-account-signing-key-file={p('sa.key')}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--default-not-ready-toleration-seconds={NOT_READY_TOLERATION_SECONDS}",
-            f"--default-unreachable-toleration-seconds={NOT_READY_TOLERATION_SECONDS}",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--shutdown-delay-duration=0s",
-            "--v=1",
-            *self._audit_flags(),
-        ], self._log("kube-apiserver"))
+        self.procs["kube-apiserver"] = spawn(
+            [
+                str(bin_("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+                f"--tls-cert-file={p('apiserver.crt')}",
+                f"--tls-private-key-file={p('apiserver.key')}",
+                f"--client-ca-file={p('ca.crt')}",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={p('sa.pub')}",
+                f"--service-account-signing-key-file={p('sa.key')}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--default-not-ready-toleration-seconds={NOT_READY_TOLERATION_SECONDS}",
+                f"--default-unreachable-toleration-seconds={NOT_READY_TOLERATION_SECONDS}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--shutdown-delay-duration=0s",
+                "--v=1",
+                *self._audit_flags(),
+            ],
+            self._log("kube-apiserver"),
+        )
         ctx = ssl.create_default_context(cafile=str(p("ca.crt")))
         ctx.load_cert_chain(str(p("admin.crt")), str(p("admin.key")))
         self._wait(lambda: _http_ok(f"{self.server}/readyz", ctx), "kube-apiserver", 90)
@@ -178,29 +213,43 @@ class ControlPlane:
         for ident in (CONTROLLER_MANAGER, SCHEDULER, KUBELET):
             write_kubeconfig(self.kubeconfig_for(ident), self.server, self.pki, ident)
         cm_kc = self.kubeconfig_for(CONTROLLER_MANAGER)
-        self.procs["kube-controller-manager"] = spawn([
-            str(bin_("kube-controller-manager")),
-            f"--kubeconfig={cm_kc}", f"--authentication-kubeconfig={cm_kc}", f"--authorization-kubeconfig={cm_kc}",
-            "--bind-address=127.0.0.1", f"--secure-port={cm_port}",
-            f"--cert-dir={self.state_dir / 'controller-manager-certs'}",
-            "--leader-elect=false",
-            "--use-service-account-credentials=true",  # each controller acts with its own RBAC identity
-            f"--service-account-private-key-file={p('sa.key')}",
-            f"--root-ca-file={p('ca.crt')}",
-            f"--cluster-signing-cert-file={p('ca.crt')}", f"--cluster-signing-key-file={p('ca.key')}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s",
-            "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
-            "--v=1",
-        ], self._log("kube-controller-manager"))
+        self.procs["kube-controller-manager"] = spawn(
+            [
+                str(bin_("kube-controller-manager")),
+                f"--kubeconfig={cm_kc}",
+                f"--authentication-kubeconfig={cm_kc}",
+                f"--authorization-kubeconfig={cm_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={cm_port}",
+                f"--cert-dir={self.state_dir / 'controller-manager-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",  # each controller acts with its own RBAC identity
+                f"--service-account-private-key-file={p('sa.key')}",
+                f"--root-ca-file={p('ca.crt')}",
+                f"--cluster-signing-cert-file={p('ca.crt')}",
+                f"--cluster-signing-key-file={p('ca.key')}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
+                "--v=1",
+            ],
+            self._log("kube-controller-manager"),
+        )
         sched_kc = self.kubeconfig_for(SCHEDULER)
-        self.procs["kube-scheduler"] = spawn([
-            str(bin_("kube-scheduler")),
-            f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}", f"--authorization-kubeconfig={sched_kc}",
-            "--bind-address=127.0.0.1", f"--secure-port={sched_port}",
-            f"--cert-dir={self.state_dir / 'scheduler-certs'}",
-            "--leader-elect=false", "--v=1",
-        ], self._log("kube-scheduler"))
+        self.procs["kube-scheduler"] = spawn(
+            [
+                str(bin_("kube-scheduler")),
+                f"--kubeconfig={sched_kc}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={sched_port}",
+                f"--cert-dir={self.state_dir / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+            self._log("kube-scheduler"),
+        )
         insecure = ssl._create_unverified_context()  # their self-signed serving certs; /healthz is public
         self._wait(lambda: _http_ok(f"https://127.0.0.1:{cm_port}/healthz", insecure), "kube-controller-manager", 60)
         self._wait(lambda: _http_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure), "kube-scheduler", 60)

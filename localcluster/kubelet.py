@@ -197,8 +197,10 @@ class ProcessKubelet:
             w.force_deleted()
         w = watch.Watch()
         for event in w.stream(
-            self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=",
-            resource_version=pods.metadata.resource_version, timeout_seconds=120,
+            self.core.list_pod_for_all_namespaces,
+            field_selector="spec.nodeName!=",
+            resource_version=pods.metadata.resource_version,
+            timeout_seconds=120,
         ):
             if self.stopping.is_set():
                 w.stop()
@@ -280,18 +282,20 @@ class ProcessKubelet:
     def base_env(self, pod: dict, pod_ip: str) -> dict[str, str]:
         port = str(self.apiserver_port)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-        env.update({
-            "PATH": f"{self.bin_path}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/tmp",
-            "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
-            # The `kubernetes` Service's ClusterIP is not routable here: point in-cluster clients
-            # straight at the API server (its certificate names 127.0.0.1).
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": port,
-            "KUBERNETES_SERVICE_PORT_HTTPS": port,
-            "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "PATH": f"{self.bin_path}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/tmp",
+                "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
+                # The `kubernetes` Service's ClusterIP is not routable here: point in-cluster clients
+                # straight at the API server (its certificate names 127.0.0.1).
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": port,
+                "KUBERNETES_SERVICE_PORT_HTTPS": port,
+                "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     # ---- API helpers used by workers --------------------------------------------------------

@@ -27,7 +27,11 @@ class NodeSpec:
 
 def gpu_node(index: int) -> NodeSpec:
     return NodeSpec(
-        name=f"gpu-node-{index}", instance_type="p4d.24xlarge", cpu="96", memory="1152Gi", gpus=8,
+        name=f"gpu-node-{index}",
+        instance_type="p4d.24xlarge",
+        cpu="96",
+        memory="1152Gi",
+        gpus=8,
         labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB", "nvidia.com/gpu.count": "8"},
         taints=(GPU_TAINT,),
     )
@@ -85,8 +89,15 @@ def node_status(spec: NodeSpec, ready: bool, now: str, reason: str = "", message
         "conditions": [*pressure, ready_condition(ready, now, reason, message)],
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": spec.name}],
         "nodeInfo": {
-            "machineID": spec.name, "systemUUID": spec.name, "bootID": spec.name,
-            "kernelVersion": "local", "osImage": "localcluster process-kubelet", "containerRuntimeVersion": "process://local",
-            "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+            "machineID": spec.name,
+            "systemUUID": spec.name,
+            "bootID": spec.name,
+            "kernelVersion": "local",
+            "osImage": "localcluster process-kubelet",
+            "containerRuntimeVersion": "process://local",
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": "amd64",
         },
     }

@@ -209,7 +209,12 @@ class PodWorker(threading.Thread):
         c.restart_count += 1
         backoff = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (c.restart_count - 1))
         c.next_start = time.monotonic() + backoff
-        c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {backoff:.1f}s restarting failed container={c.name} pod={self.pod_name}"}}
+        c.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {backoff:.1f}s restarting failed container={c.name} pod={self.pod_name}",
+            }
+        }
 
     def _terminated_state(self, c: Container, rc: int) -> dict:
         code = exit_code_of(rc)
@@ -257,7 +262,9 @@ class PodWorker(threading.Thread):
         term = ensure_file(self._termination_file(c))
         term.write_bytes(b"")
         try:
-            env = container_env(self.pod, c.spec, self.kubelet.base_env(self.pod, self.pod_ip), self.kubelet.secret_values, self.kubelet.config_map_data)
+            env = container_env(
+                self.pod, c.spec, self.kubelet.base_env(self.pod, self.pod_ip), self.kubelet.secret_values, self.kubelet.config_map_data
+            )
             argv = container_argv(c.spec, env, self.kubelet.image_entrypoints)
         except EnvError as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
@@ -304,8 +311,11 @@ class PodWorker(threading.Thread):
         logf.flush()
         c.proc = subprocess.Popen(
             [*unshare, "--", sys.executable, "-m", "localcluster.podexec", str(spec_file)],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=str(cdir),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(cdir),
         )
         logf.close()
         self.kubelet.track(c.proc.pid)

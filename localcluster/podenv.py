@@ -69,13 +69,11 @@ def _source(kind: str, ref: dict, namespace: str, lookup: Lookup, key: str | Non
     if key not in data:
         if optional:
             return None
-        raise EnvError(f'couldn\'t find key {key} in {kind} {namespace}/{ref["name"]}')
+        raise EnvError(f"couldn't find key {key} in {kind} {namespace}/{ref['name']}")
     return data[key]
 
 
-def container_env(
-    pod: dict, container: dict, base: dict[str, str], secrets: Lookup, config_maps: Lookup
-) -> dict[str, str]:
+def container_env(pod: dict, container: dict, base: dict[str, str], secrets: Lookup, config_maps: Lookup) -> dict[str, str]:
     """The environment of one container: `base` (PATH, service variables, ...), then envFrom,
     then env, in the order Kubernetes applies them."""
     ns = pod["metadata"]["namespace"]
@@ -121,9 +119,6 @@ def container_argv(container: dict, env: dict[str, str], image_entrypoints: dict
         image = re.split(r"[@:]", container.get("image", "").rsplit("/", 1)[-1])[0]
         command = image_entrypoints.get(image) or image_entrypoints.get(container.get("image", ""))
         if not command:
-            raise EnvError(
-                f"image {container.get('image')!r} has no known entrypoint on the local runtime; "
-                "give the container a `command`"
-            )
+            raise EnvError(f"image {container.get('image')!r} has no known entrypoint on the local runtime; give the container a `command`")
     args = container.get("args") or []
     return [expand(a, env) for a in [*command, *args]]

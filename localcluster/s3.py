@@ -39,8 +39,11 @@ def start_server(log: Path, port: int | None = None):
 
 def client(endpoint: str):
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name=LOCAL_REGION,
-        aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY,
+        "s3",
+        endpoint_url=endpoint,
+        region_name=LOCAL_REGION,
+        aws_access_key_id=LOCAL_ACCESS_KEY,
+        aws_secret_access_key=LOCAL_SECRET_KEY,
         config=Config(retries={"max_attempts": 3, "mode": "standard"}),
     )
 

@@ -44,7 +44,8 @@ def create_namespace(core: client.CoreV1Api, prefix: str = "t") -> str:
     core.create_namespace({"metadata": {"name": name}})
     wait_until(
         lambda: core.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
-        30, what=f"default ServiceAccount in {name}",
+        30,
+        what=f"default ServiceAccount in {name}",
     )
     return name
 
@@ -59,8 +60,7 @@ def delete_namespace(core: client.CoreV1Api, name: str) -> None:
 
 def kubectl(kubeconfig: str, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBECONFIG": kubeconfig}
-    return subprocess.run([str(binaries.binary("kubectl")), *args], input=input, text=True,
-                          capture_output=True, env=env, check=check)
+    return subprocess.run([str(binaries.binary("kubectl")), *args], input=input, text=True, capture_output=True, env=env, check=check)
 
 
 def helm(kubeconfig: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -87,8 +87,13 @@ def service_account_kubeconfig(admin_kubeconfig: str, core: client.CoreV1Api, na
     token = core.create_namespaced_service_account_token(sa, namespace, {"spec": {"expirationSeconds": 86400}}).status.token
     admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
     cluster = admin["clusters"][0]
-    cfg = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-           "users": [{"name": sa, "user": {"token": token}}],
-           "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": sa}}], "current-context": "sa"}
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": sa}}],
+        "current-context": "sa",
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path

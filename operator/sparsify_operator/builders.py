@@ -10,8 +10,22 @@ import re
 from dataclasses import dataclass, field
 
 from .api import (
-    ANNOTATION_BATCH_SIZE, ANNOTATION_INPUTS, ANNOTATION_SPEC, API_VERSION, EXIT_GPU_OOM, EXIT_KILLED, GPU_RESOURCE, KIND,
-    KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED_BY, LABEL_STAGE, MANAGED_BY, RENDEZVOUS_PORT, SPEC_DIR,
+    ANNOTATION_BATCH_SIZE,
+    ANNOTATION_INPUTS,
+    ANNOTATION_SPEC,
+    API_VERSION,
+    EXIT_GPU_OOM,
+    EXIT_KILLED,
+    GPU_RESOURCE,
+    KIND,
+    KUEUE_QUEUE_LABEL,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_STAGE,
+    MANAGED_BY,
+    RENDEZVOUS_PORT,
+    SPEC_DIR,
 )
 from .spec import output_uri, recipe_name, reserved_env
 
@@ -66,8 +80,14 @@ def rendezvous_service_name(sj_name: str) -> str:
 
 def owner_reference(sj: dict) -> dict:
     meta = sj["metadata"]
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def child_labels(sj: dict, stage: str, attempt: int) -> dict:
@@ -83,8 +103,11 @@ def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | 
     the last entry wins, and a reserved name from the spec is dropped besides (admission
     refuses it; an object stored before that rule must not get through either)."""
     meta = sj["metadata"]
-    user = [{"name": e["name"], "value": e.get("value", "")} for e in spec.get("env") or []
-            if isinstance(e, dict) and isinstance(e.get("name"), str) and not reserved_env(e["name"])]
+    user = [
+        {"name": e["name"], "value": e.get("value", "")}
+        for e in spec.get("env") or []
+        if isinstance(e, dict) and isinstance(e.get("name"), str) and not reserved_env(e["name"])
+    ]
     env = [
         {"name": "SPARSIFY_STAGE", "value": stage},
         {"name": "SPARSIFY_NAMESPACE", "value": meta["namespace"]},
@@ -151,16 +174,21 @@ def train_command(sj: dict, spec: dict, attempt: int, config: OperatorConfig) ->
     else:
         name, ns = sj["metadata"]["name"], sj["metadata"]["namespace"]
         host = f"{job_name(name, 'train', attempt)}-0.{rendezvous_service_name(name)}.{ns}.svc.cluster.local"
-        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={host}:{RENDEZVOUS_PORT}",
-                f"--rdzv_id={sj['metadata']['uid']}-{attempt}", "--max_restarts=0"]
+        cmd += [
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={host}:{RENDEZVOUS_PORT}",
+            f"--rdzv_id={sj['metadata']['uid']}-{attempt}",
+            "--max_restarts=0",
+        ]
     # The worker's supervisor runs torchrun and turns what happened to its processes into the
     # pod's exit code (torchrun itself exits 1 for any failure): 75 for a CUDA OOM, 137 for a
     # killed process, so the podFailurePolicy below can act on them.
     return [*config.worker_command, "supervise", "--", *cmd, "--no-python", *config.worker_command, "train"]
 
 
-def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: OperatorConfig,
-                  batch_size: int | None = None, inputs: dict | None = None) -> dict:
+def construct_job(
+    sj: dict, spec: dict, stage: str, attempt: int, config: OperatorConfig, batch_size: int | None = None, inputs: dict | None = None
+) -> dict:
     name = job_name(sj["metadata"]["name"], stage, attempt)
     labels = child_labels(sj, stage, attempt)
     gpu = stage == "train"
@@ -175,10 +203,15 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
         resources = STAGE_RESOURCES[stage]
     volumes = [
         {"name": "tmp", "emptyDir": {"sizeLimit": config.train_scratch_size if gpu else STAGE_SCRATCH[stage]}},
-        {"name": "spec", "downwardAPI": {"items": [
-            {"path": "spec.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}},
-            {"path": "inputs.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_INPUTS}']"}},
-        ]}},
+        {
+            "name": "spec",
+            "downwardAPI": {
+                "items": [
+                    {"path": "spec.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}},
+                    {"path": "inputs.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_INPUTS}']"}},
+                ]
+            },
+        },
     ]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
     if gpu:  # PyTorch DataLoader workers share tensors through /dev/shm
@@ -198,8 +231,11 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
     }
@@ -233,18 +269,22 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
         if nodes == 1:
             # OOM (the kernel's: 137, or CUDA's: 75) fails the attempt at once: the operator resumes
             # it with half the batch size. Node loss or preemption does not count against backoffLimit.
-            job_spec["podFailurePolicy"] = {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]}
+            job_spec["podFailurePolicy"] = {
+                "rules": [
+                    {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            }
         else:
             # A group fails whole: one rank's failure (or its node's loss) ends the attempt at once,
             # the Job controller stops the other ranks (instead of leaving them to hang in a
             # collective), and the operator resumes the whole group from the last checkpoint.
-            job_spec["podFailurePolicy"] = {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "NotIn", "values": [0]}},
-                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]}
+            job_spec["podFailurePolicy"] = {
+                "rules": [
+                    {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "NotIn", "values": [0]}},
+                    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            }
             job_spec["backoffLimit"] = 0  # group restarts are the operator's new attempts (training.backoffLimit)
             job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
             pod_spec["subdomain"] = rendezvous_service_name(sj["metadata"]["name"])
@@ -263,8 +303,13 @@ def construct_job(sj: dict, spec: dict, stage: str, attempt: int, config: Operat
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": sj["metadata"]["namespace"], "labels": job_labels,
-                     "annotations": annotations, "ownerReferences": [owner_reference(sj)]},
+        "metadata": {
+            "name": name,
+            "namespace": sj["metadata"]["namespace"],
+            "labels": job_labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(sj)],
+        },
         "spec": job_spec,
     }
 
@@ -276,8 +321,12 @@ def construct_rendezvous_service(sj: dict) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": rendezvous_service_name(name), "namespace": sj["metadata"]["namespace"],
-                     "labels": labels, "ownerReferences": [owner_reference(sj)]},
+        "metadata": {
+            "name": rendezvous_service_name(name),
+            "namespace": sj["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(sj)],
+        },
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # rendezvous happens before anything is "ready"
@@ -295,8 +344,12 @@ def construct_network_policy(sj: dict) -> dict:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": network_policy_name(name), "namespace": sj["metadata"]["namespace"],
-                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name}, "ownerReferences": [owner_reference(sj)]},
+        "metadata": {
+            "name": network_policy_name(name),
+            "namespace": sj["metadata"]["namespace"],
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name},
+            "ownerReferences": [owner_reference(sj)],
+        },
         "spec": {"podSelector": train_pods, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": train_pods}]}]},
     }
 

@@ -48,9 +48,13 @@ def slim(obj: dict) -> dict:
 def slim_pod(pod: dict) -> dict:
     """What observe() reads of a finished pod: its completion index, phase and container states."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    return {"metadata": {"name": meta.get("name"), "annotations": meta.get("annotations") or {}},
-            "status": {"phase": status.get("phase"),
-                       "containerStatuses": [{"name": c.get("name"), "state": c.get("state")} for c in status.get("containerStatuses") or []]}}
+    return {
+        "metadata": {"name": meta.get("name"), "annotations": meta.get("annotations") or {}},
+        "status": {
+            "phase": status.get("phase"),
+            "containerStatuses": [{"name": c.get("name"), "state": c.get("state")} for c in status.get("containerStatuses") or []],
+        },
+    }
 
 
 def _owner_key(job: dict) -> Key | None:
@@ -124,8 +128,7 @@ class Cache:
                 owner = _owner_key(j)
                 if owner:
                     listed.setdefault(owner, {})[j["metadata"]["name"]] = slim(j)
-            merged = {owner: _merged(self._jobs.get(owner, {}), listed.get(owner, {}), snapshot)
-                      for owner in set(listed) | set(self._jobs)}
+            merged = {owner: _merged(self._jobs.get(owner, {}), listed.get(owner, {}), snapshot) for owner in set(listed) | set(self._jobs)}
             self._jobs = {owner: js for owner, js in merged.items() if js}
             uids = {j["metadata"].get("uid") for js in self._jobs.values() for j in js.values()}
             self._finished_pods = {u: p for u, p in self._finished_pods.items() if u in uids}

@@ -33,7 +33,9 @@ def from_env() -> OperatorConfig:
         shm_size=os.environ.get("SPARSIFY_SHM_SIZE", d.shm_size),
         extra_env=tuple(sorted((str(k), str(v)) for k, v in extra.items())),
         gpu_node_selector=tuple(sorted(json.loads(os.environ.get("SPARSIFY_DEFAULT_GPU_NODE_SELECTOR") or "{}").items())),
-        gpu_tolerations=tuple(json.loads(os.environ["SPARSIFY_DEFAULT_GPU_TOLERATIONS"])) if os.environ.get("SPARSIFY_DEFAULT_GPU_TOLERATIONS") else d.gpu_tolerations,
+        gpu_tolerations=tuple(json.loads(os.environ["SPARSIFY_DEFAULT_GPU_TOLERATIONS"]))
+        if os.environ.get("SPARSIFY_DEFAULT_GPU_TOLERATIONS")
+        else d.gpu_tolerations,
         s3_endpoint=os.environ.get("SPARSIFY_DEFAULT_S3_ENDPOINT", ""),
         queue_name=os.environ.get("SPARSIFY_DEFAULT_QUEUE_NAME", ""),
         train_requests_per_gpu=_quantities("SPARSIFY_TRAIN_REQUESTS_PER_GPU", d.train_requests_per_gpu),

@@ -74,15 +74,21 @@ class Kube:
     def pods_of_job(self, job: dict) -> list[dict]:
         """The pods of this very Job (by its uid, not a namesake's)."""
         selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
-        return self._raw(self.core.list_namespaced_pod(job["metadata"]["namespace"], label_selector=selector, _preload_content=False,
-                                                       _request_timeout=TIMEOUT))["items"]
+        return self._raw(
+            self.core.list_namespaced_pod(
+                job["metadata"]["namespace"], label_selector=selector, _preload_content=False, _request_timeout=TIMEOUT
+            )
+        )["items"]
 
     def failed_creates(self, job: dict) -> list[dict]:
         """The Job controller's FailedCreate events for this Job (why it has no pod: a quota, a
         policy)."""
         selector = f"involvedObject.uid={job['metadata']['uid']},reason=FailedCreate"
-        return self._raw(self.core.list_namespaced_event(job["metadata"]["namespace"], field_selector=selector,
-                                                         _preload_content=False, _request_timeout=TIMEOUT))["items"]
+        return self._raw(
+            self.core.list_namespaced_event(
+                job["metadata"]["namespace"], field_selector=selector, _preload_content=False, _request_timeout=TIMEOUT
+            )
+        )["items"]
 
     def give_up(self, namespace: str, name: str, why: str) -> dict:
         """Stop a stage Job whose pods could not start: the annotation records why (and is what
@@ -102,8 +108,9 @@ class Kube:
             if manifest["kind"] == "Service":
                 return True, self._raw(self.core.create_namespaced_service(ns, manifest, _preload_content=False, _request_timeout=TIMEOUT))
             if manifest["kind"] == "NetworkPolicy":
-                return True, self._raw(self.networking.create_namespaced_network_policy(ns, manifest, _preload_content=False,
-                                                                                        _request_timeout=TIMEOUT))
+                return True, self._raw(
+                    self.networking.create_namespaced_network_policy(ns, manifest, _preload_content=False, _request_timeout=TIMEOUT)
+                )
             raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:
             if e.status == 409:
@@ -118,8 +125,11 @@ class Kube:
         """The Job a create collided with: what we missed, so the next reconcile sees it; None if
         it went away meanwhile (a deleted namesake's Job, garbage-collected)."""
         try:
-            return self._raw(self.batch.read_namespaced_job(manifest["metadata"]["name"], manifest["metadata"]["namespace"],
-                                                            _preload_content=False, _request_timeout=TIMEOUT))
+            return self._raw(
+                self.batch.read_namespaced_job(
+                    manifest["metadata"]["name"], manifest["metadata"]["namespace"], _preload_content=False, _request_timeout=TIMEOUT
+                )
+            )
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -127,19 +137,35 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, patch: dict) -> dict:
         """Merge-patch the status subresource; the object as it is now."""
-        return self._raw(self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch},
-                                                                            _preload_content=False, _request_timeout=TIMEOUT))
+        return self._raw(
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False, _request_timeout=TIMEOUT
+            )
+        )
 
     def post_event(self, sj: dict, kind: str, reason: str, message: str) -> None:
         meta = sj["metadata"]
         now = _now()
         body = {
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": sj["apiVersion"], "kind": sj["kind"], "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": kind, "reason": reason, "message": message[:1024],
-            "source": {"component": MANAGED_BY}, "reportingComponent": MANAGED_BY, "reportingInstance": self.instance,
-            "firstTimestamp": now, "lastTimestamp": now, "eventTime": _micro_now(), "action": reason, "count": 1,
+            "involvedObject": {
+                "apiVersion": sj["apiVersion"],
+                "kind": sj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": MANAGED_BY},
+            "reportingComponent": MANAGED_BY,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": _micro_now(),
+            "action": reason,
+            "count": 1,
         }
         try:
             self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=TIMEOUT)

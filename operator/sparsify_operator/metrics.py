@@ -5,8 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 JOBS_BY_PHASE = Gauge("sparsify_jobs", "SparsifyJobs by phase, as last reconciled", ["namespace", "phase"])
-STAGE_SECONDS = Histogram("sparsify_stage_duration_seconds", "Duration of finished stages", ["stage", "result"],
-                          buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600))
+STAGE_SECONDS = Histogram(
+    "sparsify_stage_duration_seconds",
+    "Duration of finished stages",
+    ["stage", "result"],
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600),
+)
 RETRIES = Counter("sparsify_retries_total", "Training attempts started after a kill", ["reason"])
 RECONCILES = Counter("sparsify_reconciles_total", "Reconciles run", ["result"])
 JOBS_CREATED = Counter("sparsify_stage_jobs_created_total", "Stage Jobs created", ["stage"])

@@ -13,8 +13,15 @@ from .api import ANNOTATION_BATCH_SIZE, ANNOTATION_FAILED, EXIT_GPU_OOM, EXIT_KI
 OOM_REASONS = ("OOMKilled", "GPUOutOfMemory")
 # Container waiting reasons that will not clear up by themselves (a missing Secret or key, an
 # image that cannot be pulled or run): said in status at once, failed at the start deadline.
-STUCK_REASONS = ("CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-                 "ErrImageNeverPull", "RunContainerError")
+STUCK_REASONS = (
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RunContainerError",
+)
 
 
 @dataclass
@@ -115,10 +122,17 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
         batch = int((meta.get("annotations") or {})[ANNOTATION_BATCH_SIZE])
     except (KeyError, ValueError):
         batch = None
-    a = Attempt(stage=labels.get(LABEL_STAGE, "?"), attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0), job=meta["name"],
-                state="Pending", batch_size=batch, start_time=status.get("startTime"),
-                completion_time=status.get("completionTime"), pods_failed=int(status.get("failed") or 0),
-                created=meta.get("creationTimestamp"))
+    a = Attempt(
+        stage=labels.get(LABEL_STAGE, "?"),
+        attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
+        job=meta["name"],
+        state="Pending",
+        batch_size=batch,
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        pods_failed=int(status.get("failed") or 0),
+        created=meta.get("creationTimestamp"),
+    )
     complete, failed = _condition(job, "Complete"), _condition(job, "Failed")
     given_up = (meta.get("annotations") or {}).get(ANNOTATION_FAILED)
     if given_up and not complete:  # the operator stopped it: its pods could not start in time
@@ -189,12 +203,17 @@ def observe_needs_waiting_pods(job: dict) -> bool:
     run, or why not (a missing Secret, unschedulable). Read on every reconcile while it lasts."""
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     active, ready = int(status.get("active") or 0), int(status.get("ready") or 0)
-    return not (observe_needs_pods(job) or spec.get("suspend") or (meta.get("annotations") or {}).get(ANNOTATION_FAILED)
-                or (active > 0 and ready >= active))
+    return not (
+        observe_needs_pods(job)
+        or spec.get("suspend")
+        or (meta.get("annotations") or {}).get(ANNOTATION_FAILED)
+        or (active > 0 and ready >= active)
+    )
 
 
-def observe(jobs: list[dict], pods_by_job: dict[str, list[dict]], events_by_job: dict[str, list[dict]] | None = None
-            ) -> dict[str, list[Attempt]]:
+def observe(
+    jobs: list[dict], pods_by_job: dict[str, list[dict]], events_by_job: dict[str, list[dict]] | None = None
+) -> dict[str, list[Attempt]]:
     """stage -> attempts in order."""
     out: dict[str, list[Attempt]] = {}
     for job in jobs:

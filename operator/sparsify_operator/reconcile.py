@@ -136,8 +136,11 @@ def collect_results(summaries: dict[str, dict]) -> dict:
     elif dense_ips and _number(throughput.get("deepsparse")):
         r["speedup"] = round(throughput["deepsparse"] / max(dense_ips), 2)  # vs the faster engine on the dense model
     artifacts = {
-        "checkpoint": train.get("checkpoint"), "lastCheckpoint": train.get("lastCheckpoint"), "onnx": export.get("onnx"),
-        "report": publish.get("report") or bench.get("report"), "results": publish.get("results"),
+        "checkpoint": train.get("checkpoint"),
+        "lastCheckpoint": train.get("lastCheckpoint"),
+        "onnx": export.get("onnx"),
+        "report": publish.get("report") or bench.get("report"),
+        "results": publish.get("results"),
     }
     artifacts = {k: v for k, v in artifacts.items() if v}
     if artifacts:
@@ -154,8 +157,13 @@ def verdict_conditions(summary: dict, generation: int | None, now: str, old: lis
     conditions; what a pod wrote is checked before it becomes status."""
     out = []
     for v in summary.get("verdicts") or []:
-        if not (isinstance(v, dict) and v.get("type") in VERDICTS and isinstance(v.get("ok"), bool)
-                and isinstance(v.get("reason"), str) and isinstance(v.get("message"), str)):
+        if not (
+            isinstance(v, dict)
+            and v.get("type") in VERDICTS
+            and isinstance(v.get("ok"), bool)
+            and isinstance(v.get("reason"), str)
+            and isinstance(v.get("message"), str)
+        ):
             continue
         out.append(condition(v["type"], v["ok"], v["reason"][:64], v["message"][:MESSAGE_LIMIT], generation, now, old))
     return out
@@ -169,8 +177,11 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
     try:
         spec = normalized(sj.get("spec"))
     except SpecError as e:
-        p.status = {"phase": "Failed", "observedGeneration": generation,
-                    "conditions": conditions("Failed", "InvalidSpec", str(e), generation, now, old.get("conditions"))}
+        p.status = {
+            "phase": "Failed",
+            "observedGeneration": generation,
+            "conditions": conditions("Failed", "InvalidSpec", str(e), generation, now, old.get("conditions")),
+        }
         if old.get("phase") != "Failed":
             p.events.append(("Warning", "InvalidSpec", str(e)))
         return p
@@ -213,19 +224,34 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
                     p.create += [*group_children(sj, spec), job]
                     if last.oom:
                         what = "ran out of GPU memory (CUDA OOM)" if last.reason == "GPUOutOfMemory" else "was OOM-killed"
-                        p.events.append(("Warning", "OOMRetry",
-                                         f"train attempt {last.attempt} {what} at batch size {last.batch_size}; "
-                                         f"resuming from the last checkpoint with batch size {new_batch} (Job {job['metadata']['name']})"))
+                        p.events.append(
+                            (
+                                "Warning",
+                                "OOMRetry",
+                                f"train attempt {last.attempt} {what} at batch size {last.batch_size}; "
+                                f"resuming from the last checkpoint with batch size {new_batch} (Job {job['metadata']['name']})",
+                            )
+                        )
                     else:
-                        how = "was killed (exit 137)" if last.reason == "Killed" else (
-                            f"failed on one rank ({last.reason}, exit code {last.exit_code}); the whole group stopped")
-                        p.events.append(("Warning", "KilledRetry",
-                                         f"train attempt {last.attempt} {how}; resuming from the last checkpoint "
-                                         f"with batch size {new_batch} (Job {job['metadata']['name']})"))
-                    stages[stage].update({"phase": "Pending", "job": job["metadata"]["name"], "attempts": len(attempts) + 1,
-                                          "batchSize": new_batch})
+                        how = (
+                            "was killed (exit 137)"
+                            if last.reason == "Killed"
+                            else (f"failed on one rank ({last.reason}, exit code {last.exit_code}); the whole group stopped")
+                        )
+                        p.events.append(
+                            (
+                                "Warning",
+                                "KilledRetry",
+                                f"train attempt {last.attempt} {how}; resuming from the last checkpoint "
+                                f"with batch size {new_batch} (Job {job['metadata']['name']})",
+                            )
+                        )
+                    stages[stage].update(
+                        {"phase": "Pending", "job": job["metadata"]["name"], "attempts": len(attempts) + 1, "batchSize": new_batch}
+                    )
                     stages[stage].setdefault("retries", []).append(
-                        {"attempt": last.attempt, "job": last.job, "reason": last.reason, "batchSize": last.batch_size})
+                        {"attempt": last.attempt, "job": last.job, "reason": last.reason, "batchSize": last.batch_size}
+                    )
                     for k in ("exitCode", "reason", "message", "completionTime"):
                         stages[stage].pop(k, None)
                     phase, reason = STAGE_PHASES[stage], ("OOMRetry" if last.oom else "KilledRetry")
@@ -241,8 +267,10 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
         message = f"{stage}: Job {last.job} is {last.state.lower()}"
         if last.state == "Pending" and last.waiting_reason:
             reason = "PodNotStarting"
-            message += (f": {last.waiting_reason}: {last.waiting_message} (the stage fails if no pod starts within "
-                        f"{config.start_deadline_seconds}s)")
+            message += (
+                f": {last.waiting_reason}: {last.waiting_message} (the stage fails if no pod starts within "
+                f"{config.start_deadline_seconds}s)"
+            )
         break
 
     status = {
@@ -269,8 +297,12 @@ def refused(sj: dict, status: dict, kind: str, name: str, code: int, server_mess
     generation = sj["metadata"].get("generation")
     message = f"the API server refused to create {kind} {name} ({code}): {server_message}"[:MESSAGE_LIMIT]
     old = _sane_status(sj.get("status"))
-    out = {**status, "phase": "Failed", "completionTime": old.get("completionTime") or now,
-           "conditions": conditions("Failed", "ChildRejected", message, generation, now, old.get("conditions"))}
+    out = {
+        **status,
+        "phase": "Failed",
+        "completionTime": old.get("completionTime") or now,
+        "conditions": conditions("Failed", "ChildRejected", message, generation, now, old.get("conditions")),
+    }
     return out, ("Warning", "ChildRejected", message)
 
 

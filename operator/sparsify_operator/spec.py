@@ -15,7 +15,12 @@ DEFAULTS: dict = {
     "export": {"imgSize": 640, "dynamicBatch": True, "opset": 13},
     "benchmark": {
         "nodeSelector": {"node.kubernetes.io/instance-type": "c5.12xlarge"},
-        "batchSize": 64, "imgSize": 640, "scenario": "sync", "durationSeconds": 30, "rounds": 3, "compareDense": True,
+        "batchSize": 64,
+        "imgSize": 640,
+        "scenario": "sync",
+        "durationSeconds": 30,
+        "rounds": 3,
+        "compareDense": True,
         "engines": ["deepsparse", "onnxruntime"],
     },
     "output": {"prefix": "sparsify", "region": "us-east-1"},

@@ -34,7 +34,9 @@ def conditions(phase: str, reason: str, message: str, generation: int | None, no
     done, failed = phase == "Succeeded", phase == "Failed"
     return [
         condition("Ready", done, "Succeeded" if done else (reason if failed else "InProgress"), message, generation, now, old),
-        condition("Reconciling", not (done or failed), "StageRunning" if not (done or failed) else "Finished", message, generation, now, old),
+        condition(
+            "Reconciling", not (done or failed), "StageRunning" if not (done or failed) else "Finished", message, generation, now, old
+        ),
         condition("Stalled", failed, reason if failed else "NoFailure", message if failed else "", generation, now, old),
     ]
 

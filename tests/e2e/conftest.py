@@ -28,10 +28,29 @@ def e2e_namespace(cluster, core):
 @pytest.fixture(scope="session")
 def installed_operator(cluster, core, e2e_namespace):
     """The chart as a user installs it, with the local S3 as the platform's default endpoint."""
-    res = helm(cluster.kubeconfig, "install", "sparsify", str(CHART), "-n", "sparsify-system", "--create-namespace",
-               "--set", f"watchNamespaces={{{e2e_namespace}}}", "--set", f"healthPort={free_port()}",
-               "--set", f"metrics.port={free_port()}", "--set", f"defaults.s3.endpoint={cluster.s3_endpoint}",
-               "--set", "resyncSeconds=10", "--wait", "--timeout", "180s", check=False)
+    res = helm(
+        cluster.kubeconfig,
+        "install",
+        "sparsify",
+        str(CHART),
+        "-n",
+        "sparsify-system",
+        "--create-namespace",
+        "--set",
+        f"watchNamespaces={{{e2e_namespace}}}",
+        "--set",
+        f"healthPort={free_port()}",
+        "--set",
+        f"metrics.port={free_port()}",
+        "--set",
+        f"defaults.s3.endpoint={cluster.s3_endpoint}",
+        "--set",
+        "resyncSeconds=10",
+        "--wait",
+        "--timeout",
+        "180s",
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     yield
     helm(cluster.kubeconfig, "uninstall", "sparsify", "-n", "sparsify-system", "--wait", check=False)
@@ -42,14 +61,44 @@ def dataset_uri(cluster, e2e_namespace, tmp_path_factory):
     """A generated YOLO dataset uploaded to the local S3, and the credentials Secret."""
     local_s3.create_bucket(cluster.s3_endpoint, "datasets")
     local_s3.create_bucket(cluster.s3_endpoint, "models")
-    env = {**os.environ, "AWS_ENDPOINT_URL_S3": cluster.s3_endpoint, "AWS_ACCESS_KEY_ID": local_s3.LOCAL_ACCESS_KEY,
-           "AWS_SECRET_ACCESS_KEY": local_s3.LOCAL_SECRET_KEY}
-    subprocess.run([sys.executable, "-m", "sparsify_worker.cli", "make-dataset", str(tmp_path_factory.mktemp("ds") / "shapes"),
-                    "--train", "48", "--val", "16", "--size", "160", "--upload", "s3://datasets/shapes"],
-                   env=env, check=True, capture_output=True, timeout=300)
-    kubectl(cluster.kubeconfig, "create", "secret", "generic", "s3-credentials", "-n", e2e_namespace,
-            f"--from-literal=AWS_ACCESS_KEY_ID={local_s3.LOCAL_ACCESS_KEY}",
-            f"--from-literal=AWS_SECRET_ACCESS_KEY={local_s3.LOCAL_SECRET_KEY}")
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL_S3": cluster.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": local_s3.LOCAL_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": local_s3.LOCAL_SECRET_KEY,
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparsify_worker.cli",
+            "make-dataset",
+            str(tmp_path_factory.mktemp("ds") / "shapes"),
+            "--train",
+            "48",
+            "--val",
+            "16",
+            "--size",
+            "160",
+            "--upload",
+            "s3://datasets/shapes",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    kubectl(
+        cluster.kubeconfig,
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        e2e_namespace,
+        f"--from-literal=AWS_ACCESS_KEY_ID={local_s3.LOCAL_ACCESS_KEY}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={local_s3.LOCAL_SECRET_KEY}",
+    )
     return "s3://datasets/shapes/"
 
 
@@ -73,8 +122,12 @@ def get_status(custom, namespace: str, name: str) -> dict:
 
 
 def wait_finished(custom, namespace: str, name: str, timeout: float = 900) -> dict:
-    return wait_until(lambda: (lambda st: st if st.get("phase") in ("Succeeded", "Failed") else None)(get_status(custom, namespace, name)),
-                      timeout, interval=2, what=f"{name} to finish")
+    return wait_until(
+        lambda: (lambda st: st if st.get("phase") in ("Succeeded", "Failed") else None)(get_status(custom, namespace, name)),
+        timeout,
+        interval=2,
+        what=f"{name} to finish",
+    )
 
 
 def pod_log(cluster, namespace: str, pod: str) -> str:

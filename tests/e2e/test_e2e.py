@@ -35,14 +35,20 @@ def objects(cluster, prefix: str) -> list[str]:
 
 
 def train_pods(core, ns, name, phase="Running"):
-    return [p for p in core.list_namespaced_pod(ns, label_selector=f"yolo-sparsify.io/sparsifyjob={name},yolo-sparsify.io/stage=train").items
-            if p.status.phase == phase]
+    return [
+        p
+        for p in core.list_namespaced_pod(ns, label_selector=f"yolo-sparsify.io/sparsifyjob={name},yolo-sparsify.io/stage=train").items
+        if p.status.phase == phase
+    ]
 
 
-def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, api, installed_operator, dataset_uri, e2e_namespace, tmp_path):
+def test_happy_path_results_in_status_match_the_artifacts_in_s3(
+    cluster, core, api, installed_operator, dataset_uri, e2e_namespace, tmp_path
+):
     custom, _ = api
-    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob(
-        "happy", dataset_uri, epochs=4, benchmark={"compareDense": True, "rounds": 2}))["metadata"]["uid"]
+    uid = custom.create_namespaced_custom_object(
+        GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("happy", dataset_uri, epochs=4, benchmark={"compareDense": True, "rounds": 2})
+    )["metadata"]["uid"]
     st = wait_finished(custom, e2e_namespace, "happy")
     assert st["phase"] == "Succeeded", dump(st)
     r = st["results"]
@@ -73,7 +79,9 @@ def test_happy_path_results_in_status_match_the_artifacts_in_s3(cluster, core, a
 
 def test_training_pod_killed_mid_epoch_resumes_from_the_last_checkpoint(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
     custom, _ = api
-    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("crash", dataset_uri, epochs=6))["metadata"]["uid"]
+    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("crash", dataset_uri, epochs=6))[
+        "metadata"
+    ]["uid"]
     prefix = f"e2e/{e2e_namespace}/crash/{uid}/checkpoints/"
     wait_until(lambda: f"{prefix}last.pt" in objects(cluster, prefix), 600, interval=0.5, what="the first epoch's checkpoint in S3")
     (pod,) = train_pods(core, e2e_namespace, "crash")
@@ -117,8 +125,13 @@ def test_a_cuda_oom_in_qat_exits_75_and_resumes_with_half_the_batch(cluster, cor
     is the first of QAT here, 48 images at batch 16, QAT in the last of 5 epochs) goes through
     torchrun, the supervisor's exit 75, the podFailurePolicy and the operator's half-batch retry."""
     custom, _ = api
-    custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob(
-        "cudaoom", dataset_uri, epochs=5, batch=16, env=[{"name": "YOLO_SPARSIFY_FAULT_CUDA_OOM", "value": "13:8"}]))
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        e2e_namespace,
+        PLURAL,
+        sparsifyjob("cudaoom", dataset_uri, epochs=5, batch=16, env=[{"name": "YOLO_SPARSIFY_FAULT_CUDA_OOM", "value": "13:8"}]),
+    )
     st = wait_finished(custom, e2e_namespace, "cudaoom")
     assert st["phase"] == "Succeeded", dump(st)
     train = st["stages"]["train"]
@@ -132,25 +145,37 @@ def test_a_cuda_oom_in_qat_exits_75_and_resumes_with_half_the_batch(cluster, cor
     assert summary["resumed"] is True and summary["startEpoch"] == 4 and summary["quantized"] is True
 
 
-def test_operator_restarted_mid_stage_no_duplicates_and_the_run_completes(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
+def test_operator_restarted_mid_stage_no_duplicates_and_the_run_completes(
+    cluster, core, api, installed_operator, dataset_uri, e2e_namespace
+):
     custom, batch = api
     custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("restart", dataset_uri, epochs=4))
     wait_until(lambda: train_pods(core, e2e_namespace, "restart"), 600, interval=0.5, what="training running")
-    (op,) = [p for p in core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
-             if p.status.phase == "Running"]
+    (op,) = [
+        p
+        for p in core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
+        if p.status.phase == "Running"
+    ]
     core.delete_namespaced_pod(op.metadata.name, "sparsify-system", grace_period_seconds=0)  # the Deployment brings a new one
     st = wait_finished(custom, e2e_namespace, "restart")
     assert st["phase"] == "Succeeded", dump(st)
-    jobs = sorted(j.metadata.name for j in batch.list_namespaced_job(e2e_namespace, label_selector="yolo-sparsify.io/sparsifyjob=restart").items)
+    jobs = sorted(
+        j.metadata.name for j in batch.list_namespaced_job(e2e_namespace, label_selector="yolo-sparsify.io/sparsifyjob=restart").items
+    )
     assert jobs == sorted(f"restart-{s}" for s in ("validate", "train", "export", "benchmark", "publish"))
-    new = [p for p in core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
-           if p.status.phase == "Running"]
+    new = [
+        p
+        for p in core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
+        if p.status.phase == "Running"
+    ]
     assert new and new[0].metadata.name != op.metadata.name
 
 
 def test_deleted_mid_training_leaves_no_jobs_and_no_half_written_result(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):
     custom, batch = api
-    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("gone", dataset_uri, epochs=8))["metadata"]["uid"]
+    uid = custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("gone", dataset_uri, epochs=8))[
+        "metadata"
+    ]["uid"]
     prefix = f"e2e/{e2e_namespace}/gone/{uid}/"
     wait_until(lambda: f"{prefix}checkpoints/last.pt" in objects(cluster, prefix), 600, interval=0.5, what="a checkpoint")
     custom.delete_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, "gone")

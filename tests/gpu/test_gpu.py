@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is false here (run `make test-gpu` on a GPU node)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA GPU: torch.cuda.is_available() is false here (run `make test-gpu` on a GPU node)",
+    ),
+]
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 IMG = 320
@@ -44,9 +49,20 @@ def test_amp_training_through_pruning_into_qat_on_one_gpu_then_its_export(datase
     text = render("yolov5n", "transfer-pruned-quantized" if start else "pruned-quantized", "v7.0" if start else None)
     if not start:  # without the shared weights: the seed's yolov5s recipe from scratch
         text = render("yolov5s", "pruned-quantized")
-    result = train(TrainConfig(arch="yolov5n" if start else "yolov5s", data_dir=dataset, recipe=text,
-                               recipe_variables=rescaled_variables(text, 5), out_dir=tmp_path, batch_size=32, img_size=IMG,
-                               workers=4, weights=start, amp=True))
+    result = train(
+        TrainConfig(
+            arch="yolov5n" if start else "yolov5s",
+            data_dir=dataset,
+            recipe=text,
+            recipe_variables=rescaled_variables(text, 5),
+            out_dir=tmp_path,
+            batch_size=32,
+            img_size=IMG,
+            workers=4,
+            weights=start,
+            amp=True,
+        )
+    )
     assert result["quantized"] and result["sparsity"] > 0.3
     history = result["history"]
     assert [h["amp"] for h in history][:2] == [True, True] and history[-1]["amp"] is False  # AMP until QAT, fp32 after
@@ -63,17 +79,45 @@ def test_a_real_cuda_oom_exits_75_and_a_half_batch_attempt_resumes(dataset, s3_e
     store = Store(client(s3_endpoint))
     for f in sorted(p for p in dataset.rglob("*") if p.is_file()):
         store.upload(f, f"s3://artifacts/gpu/data/{f.relative_to(dataset)}")
-    spec = {"model": {"arch": "yolov5s"}, "recipe": {"preset": "pruned-quantized"}, "dataset": {"uri": "s3://artifacts/gpu/data/"},
-            "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 96, "epochs": 3, "imgSize": 640},
-            "output": {"bucket": "artifacts", "prefix": "gpu"}}
+    spec = {
+        "model": {"arch": "yolov5s"},
+        "recipe": {"preset": "pruned-quantized"},
+        "dataset": {"uri": "s3://artifacts/gpu/data/"},
+        "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 96, "epochs": 3, "imgSize": 640},
+        "output": {"bucket": "artifacts", "prefix": "gpu"},
+    }
     batch, attempts = 96, []
     while batch >= 1 and len(attempts) < 7:
         term = tmp_path / f"term-{batch}"
-        env = {**os.environ, "SPARSIFY_SPEC": json.dumps(spec), "SPARSIFY_INPUTS": "{}", "SPARSIFY_NAMESPACE": "gpu", "SPARSIFY_NAME": "oom",
-               "SPARSIFY_OUTPUT_URI": "s3://artifacts/gpu/oom", "SPARSIFY_BATCH_SIZE": str(batch), "AWS_ENDPOINT_URL_S3": s3_endpoint,
-               "TERMINATION_MESSAGE_PATH": str(term), "SPARSIFY_WORKDIR": str(tmp_path / f"work-{batch}"), "GPU_MEMORY_CAP_GB": "3"}
-        proc = subprocess.run([sys.executable, "-m", "sparsify_worker.cli", "supervise", "--", sys.executable,
-                               str(Path(__file__).with_name("capped_worker.py")), "train"], env=env, capture_output=True, text=True, timeout=1800)
+        env = {
+            **os.environ,
+            "SPARSIFY_SPEC": json.dumps(spec),
+            "SPARSIFY_INPUTS": "{}",
+            "SPARSIFY_NAMESPACE": "gpu",
+            "SPARSIFY_NAME": "oom",
+            "SPARSIFY_OUTPUT_URI": "s3://artifacts/gpu/oom",
+            "SPARSIFY_BATCH_SIZE": str(batch),
+            "AWS_ENDPOINT_URL_S3": s3_endpoint,
+            "TERMINATION_MESSAGE_PATH": str(term),
+            "SPARSIFY_WORKDIR": str(tmp_path / f"work-{batch}"),
+            "GPU_MEMORY_CAP_GB": "3",
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sparsify_worker.cli",
+                "supervise",
+                "--",
+                sys.executable,
+                str(Path(__file__).with_name("capped_worker.py")),
+                "train",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         summary = json.loads(term.read_text()) if term.exists() else {}
         attempts.append((batch, proc.returncode, summary))
         if proc.returncode != 75:

@@ -26,20 +26,26 @@ def job(name: str, script: str, *, node_selector=None, backoff=0, restart="Never
         "metadata": {"name": name},
         "spec": {
             "backoffLimit": backoff,
-            "template": {"spec": {
-                "restartPolicy": restart,
-                "nodeSelector": node_selector or {},
-                "containers": [{"name": "main", "image": PY, "command": ["python", "-c", textwrap.dedent(script)]}],
-                **pod_extra,
-            }},
+            "template": {
+                "spec": {
+                    "restartPolicy": restart,
+                    "nodeSelector": node_selector or {},
+                    "containers": [{"name": "main", "image": PY, "command": ["python", "-c", textwrap.dedent(script)]}],
+                    **pod_extra,
+                }
+            },
         },
     }
 
 
 def pod(name: str, script: str, **spec) -> dict:
     containers = spec.pop("containers", None) or [{"name": "main", "image": PY, "command": ["python", "-c", textwrap.dedent(script)]}]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "containers": containers, **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": containers, **spec},
+    }
 
 
 def container_state(core, ns, name, index=0) -> client.V1ContainerState:
@@ -62,8 +68,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def test_job_on_c5_node_runs_to_completion(core, batch, namespace):
-    batch.create_namespaced_job(namespace, job("hello", "print('hello from the c5 pool')",
-                                               node_selector={"node.kubernetes.io/instance-type": "c5.12xlarge"}))
+    batch.create_namespaced_job(
+        namespace, job("hello", "print('hello from the c5 pool')", node_selector={"node.kubernetes.io/instance-type": "c5.12xlarge"})
+    )
     assert wait_until(lambda: job_condition(batch, namespace, "hello"), 60, what="job to finish") == "Complete"
     (p,) = pod_of_job(core, namespace, "hello")
     assert p.spec.node_name.startswith("cpu-node-")
@@ -110,9 +117,7 @@ def test_failing_pod_exhausts_backoff_limit(core, batch, namespace):
 
 def test_deleting_a_job_garbage_collects_its_pods_and_processes(core, batch, namespace):
     batch.create_namespaced_job(namespace, job("long", "import time; time.sleep(600)"))
-    running = wait_until(
-        lambda: [p for p in pod_of_job(core, namespace, "long") if p.status.phase == "Running"], 30, what="running pod"
-    )
+    running = wait_until(lambda: [p for p in pod_of_job(core, namespace, "long") if p.status.phase == "Running"], 30, what="running pod")
     pid = int(running[0].status.container_statuses[0].container_id.split("//")[1])
     assert pid_alive(pid)
     batch.delete_namespaced_job("long", namespace, propagation_policy="Background")
@@ -121,14 +126,36 @@ def test_deleting_a_job_garbage_collects_its_pods_and_processes(core, batch, nam
 
 
 def test_termination_message_and_fallback_to_logs(core, namespace):
-    core.create_namespaced_pod(namespace, pod("msg", "", containers=[{
-        "name": "main", "image": PY, "terminationMessagePath": "/tmp/result/summary.json",
-        "command": ["python", "-c", "import json; json.dump({'mAP50': 0.5}, open('/tmp/result/summary.json', 'w'))"],
-    }]))
-    core.create_namespaced_pod(namespace, pod("fallback", "", containers=[{
-        "name": "main", "image": PY, "terminationMessagePolicy": "FallbackToLogsOnError",
-        "command": ["python", "-c", "import sys; print('dataset not found: s3://x/y'); sys.exit(2)"],
-    }]))
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "msg",
+            "",
+            containers=[
+                {
+                    "name": "main",
+                    "image": PY,
+                    "terminationMessagePath": "/tmp/result/summary.json",
+                    "command": ["python", "-c", "import json; json.dump({'mAP50': 0.5}, open('/tmp/result/summary.json', 'w'))"],
+                }
+            ],
+        ),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "fallback",
+            "",
+            containers=[
+                {
+                    "name": "main",
+                    "image": PY,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "command": ["python", "-c", "import sys; print('dataset not found: s3://x/y'); sys.exit(2)"],
+                }
+            ],
+        ),
+    )
     st = wait_until(lambda: terminated(core, namespace, "msg"), 30, what="msg pod")
     assert json.loads(st.message) == {"mAP50": 0.5}
     st = wait_until(lambda: terminated(core, namespace, "fallback"), 30, what="fallback pod")
@@ -136,7 +163,9 @@ def test_termination_message_and_fallback_to_logs(core, namespace):
 
 
 def test_env_volumes_and_service_account_token(core, namespace):
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"access-key": "AKIA-LOCAL", "cfg.json": '{"a": 1}'}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"access-key": "AKIA-LOCAL", "cfg.json": '{"a": 1}'}}
+    )
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"}, "data": {"MODE": "fast", "recipe.yaml": "epochs: 3\n"}})
     script = r"""
         import json, os, socket
@@ -194,8 +223,11 @@ def test_read_only_root_filesystem_is_enforced(core, namespace):
         open('/dev/termination-log', 'w').write(json.dumps({'root': writable('/opt-rootfs-probe'), 'tmp': writable('/tmp/x'), 'scratch': writable('/scratch/x')}))
     """
     spec = pod("ro", script)
-    spec["spec"]["containers"][0]["securityContext"] = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                                                        "capabilities": {"drop": ["ALL"]}}
+    spec["spec"]["containers"][0]["securityContext"] = {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     spec["spec"]["containers"][0]["volumeMounts"] = [{"name": "scratch", "mountPath": "/scratch"}]
     spec["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
     core.create_namespaced_pod(namespace, spec)
@@ -248,8 +280,10 @@ def test_graceful_deletion_sigterm_then_sigkill(core, namespace):
     core.create_namespaced_pod(namespace, pod("stubborn", stubborn, terminationGracePeriodSeconds=2))
     for name in ("polite", "stubborn"):
         wait_until(lambda: core.read_namespaced_pod(name, namespace).status.phase == "Running", 30, what=f"{name} running")
-    pids = {n: int(core.read_namespaced_pod(n, namespace).status.container_statuses[0].container_id.split("//")[1])
-            for n in ("polite", "stubborn")}
+    pids = {
+        n: int(core.read_namespaced_pod(n, namespace).status.container_statuses[0].container_id.split("//")[1])
+        for n in ("polite", "stubborn")
+    }
     t0 = time.monotonic()
     core.delete_namespaced_pod("polite", namespace)
     core.delete_namespaced_pod("stubborn", namespace)
@@ -275,20 +309,27 @@ def test_node_loss_marks_node_not_ready_and_taints_it(core, namespace):
     pid = int(core.read_namespaced_pod("onlost", namespace).status.container_statuses[0].container_id.split("//")[1])
     faults.lose_node(core, node)
     try:
+
         def ready_status():
             conds = core.read_node(node).status.conditions
             return next(c.status for c in conds if c.type == "Ready")
 
         wait_until(lambda: ready_status() in ("False", "Unknown"), 30, what="node NotReady")
         wait_until(lambda: not pid_alive(pid), 10, what="the lost node's processes to die")
-        taints = wait_until(lambda: [t.key for t in core.read_node(node).spec.taints or []
-                                     if t.key.startswith("node.kubernetes.io/")], 60, what="node lifecycle taint")
+        taints = wait_until(
+            lambda: [t.key for t in core.read_node(node).spec.taints or [] if t.key.startswith("node.kubernetes.io/")],
+            60,
+            what="node lifecycle taint",
+        )
         assert set(taints) & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
     finally:
         faults.restore_node(core, node)
     wait_until(lambda: ready_status() == "True", 30, what="node Ready again")
-    wait_until(lambda: not [t for t in core.read_node(node).spec.taints or [] if t.key.startswith("node.kubernetes.io/")],
-               60, what="taints removed after recovery")
+    wait_until(
+        lambda: not [t for t in core.read_node(node).spec.taints or [] if t.key.startswith("node.kubernetes.io/")],
+        60,
+        what="taints removed after recovery",
+    )
 
 
 def test_kubectl_apply_get_and_helm_version(cluster, namespace):
@@ -356,8 +397,15 @@ def test_killing_a_container_kills_processes_that_left_its_process_group(core, n
     parent = int(core.read_namespaced_pod("tree", namespace).status.container_statuses[0].container_id.split("//")[1])
     from localcluster.pod_worker import descendants
 
-    kids = wait_until(lambda: [p for p in descendants(parent) if p != parent and len(descendants(p)) == 0 and pid_alive(p)
-                               and os.getsid(p) != os.getsid(parent)], 20, what="the child in its own session")
+    kids = wait_until(
+        lambda: [
+            p
+            for p in descendants(parent)
+            if p != parent and len(descendants(p)) == 0 and pid_alive(p) and os.getsid(p) != os.getsid(parent)
+        ],
+        20,
+        what="the child in its own session",
+    )
     faults.kill_container(core, namespace, "tree")
     wait_until(lambda: terminated(core, namespace, "tree"), 30, what="container killed")
     wait_until(lambda: not any(pid_alive(k) for k in kids), 10, what="the escaped child to be killed too")

@@ -5,7 +5,13 @@ import pytest
 from localcluster.podenv import EnvError, container_argv, container_env, expand
 
 POD = {
-    "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "x"}, "annotations": {"batch.kubernetes.io/job-completion-index": "2"}},
+    "metadata": {
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u1",
+        "labels": {"app": "x"},
+        "annotations": {"batch.kubernetes.io/job-completion-index": "2"},
+    },
     "spec": {"nodeName": "gpu-node-0", "serviceAccountName": "sa"},
     "status": {"podIP": "127.1.0.9"},
 }

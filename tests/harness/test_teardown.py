@@ -33,8 +33,13 @@ def start_with_running_pod(tmp_path) -> tuple[LocalCluster, set[int]]:
     info = lc.start()
     core = client.CoreV1Api(api_client(info.kubeconfig))
     ns = create_namespace(core, "teardown")
-    core.create_namespaced_pod(ns, {"metadata": {"name": "sleeper"}, "spec": {"containers": [
-        {"name": "main", "image": "python:3.11", "command": ["python", "-c", "import time; time.sleep(600)"]}]}})
+    core.create_namespaced_pod(
+        ns,
+        {
+            "metadata": {"name": "sleeper"},
+            "spec": {"containers": [{"name": "main", "image": "python:3.11", "command": ["python", "-c", "import time; time.sleep(600)"]}]},
+        },
+    )
     wait_until(lambda: core.read_namespaced_pod("sleeper", ns).status.phase == "Running", 30, what="sleeper running")
     procs = set(descendants(info.supervisor_pid)) | {info.supervisor_pid}
     assert len(procs) >= 7  # supervisor, etcd, apiserver, controller-manager, scheduler, S3, the pod

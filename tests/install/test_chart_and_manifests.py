@@ -124,7 +124,9 @@ def test_argocd_health_check(tmp_path):
     assert health(running) == ("Progressing", "Training: train: Job x is running")
     done = sj([cond("Ready", "True", "Succeeded", "all stages succeeded"), cond("Stalled", "False")], "Succeeded")
     assert health(done) == ("Healthy", "all stages succeeded")
-    failed = sj([cond("Ready", "False", "OOMKilled", "stage train failed"), cond("Stalled", "True", "OOMKilled", "stage train failed")], "Failed")
+    failed = sj(
+        [cond("Ready", "False", "OOMKilled", "stage train failed"), cond("Stalled", "True", "OOMKilled", "stage train failed")], "Failed"
+    )
     assert health(failed) == ("Degraded", "OOMKilled: stage train failed")
     stale = sj([cond("Ready", "True", "Succeeded", "old", gen=1)], "Succeeded", generation=2)
     assert health(stale)[0] == "Progressing"
@@ -146,21 +148,34 @@ def test_the_charts_admission_policy_enforces_its_image_allow_list(cluster, core
     kubectl(cluster.kubeconfig, "apply", "-f", str(REPO / "manifests/base/crd.yaml"))
     kubectl(cluster.kubeconfig, "wait", "--for=condition=Established", "crd/sparsifyjobs.yolo-sparsify.io", "--timeout=60s")
     kubectl(cluster.kubeconfig, "create", "namespace", "allow-list", check=False)
-    rendered = helm(cluster.kubeconfig, "template", "allow", str(CHART), "--set", "admissionPolicy.imageAllowList={registry.example.com/ml/}").stdout
+    rendered = helm(
+        cluster.kubeconfig, "template", "allow", str(CHART), "--set", "admissionPolicy.imageAllowList={registry.example.com/ml/}"
+    ).stdout
     policy = [d for d in yaml.safe_load_all(rendered) if d and d["kind"].startswith("ValidatingAdmissionPolicy")]
     assert {d["kind"] for d in policy} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     kubectl(cluster.kubeconfig, "apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in policy))
 
     def dry_run(image):
-        body = {"apiVersion": "yolo-sparsify.io/v1alpha1", "kind": "SparsifyJob", "metadata": {"name": "img"},
-                "spec": {"model": {"arch": "yolov5s"}, "recipe": {"preset": "pruned"}, "dataset": {"uri": "s3://datasets/coco128/"},
-                         "training": {"image": image}, "output": {"bucket": "models"}}}
+        body = {
+            "apiVersion": "yolo-sparsify.io/v1alpha1",
+            "kind": "SparsifyJob",
+            "metadata": {"name": "img"},
+            "spec": {
+                "model": {"arch": "yolov5s"},
+                "recipe": {"preset": "pruned"},
+                "dataset": {"uri": "s3://datasets/coco128/"},
+                "training": {"image": image},
+                "output": {"bucket": "models"},
+            },
+        }
         return kubectl(cluster.kubeconfig, "create", "--dry-run=server", "-n", "allow-list", "-f", "-", input=json.dumps(body), check=False)
 
     try:
         refused = wait_until(lambda: (r := dry_run("docker.io/someone/miner:latest")).returncode != 0 and r, 30, what="policy in force")
-        assert "training.image docker.io/someone/miner:latest is not allowed here: it must start with one of registry.example.com/ml/" \
+        assert (
+            "training.image docker.io/someone/miner:latest is not allowed here: it must start with one of registry.example.com/ml/"
             in refused.stderr
+        )
         assert dry_run("registry.example.com/ml/trainer:0.2.0").returncode == 0
     finally:
         kubectl(cluster.kubeconfig, "delete", "-f", "-", "--ignore-not-found", input="\n---\n".join(json.dumps(d) for d in policy))

@@ -22,11 +22,29 @@ pytestmark = pytest.mark.cluster
 def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     apps, custom, rbac = client.AppsV1Api(kube), client.CustomObjectsApi(kube), client.RbacAuthorizationV1Api(kube)
     team = create_namespace(core, "team")
-    res = helm(cluster.kubeconfig, "install", "sparsify", str(CHART), "-n", "sparsify-system", "--create-namespace",
-               "--set", f"watchNamespaces={{{team}}}", "--set", f"healthPort={free_port()}", "--set", f"metrics.port={free_port()}",
-               "--set", f"stages.workerCommand={{python,{STANDIN / 'worker.py'}}}",
-               "--set", f"stages.trainLauncher={{python,{STANDIN / 'torchrun.py'}}}",
-               "--wait", "--timeout", "180s", check=False)
+    res = helm(
+        cluster.kubeconfig,
+        "install",
+        "sparsify",
+        str(CHART),
+        "-n",
+        "sparsify-system",
+        "--create-namespace",
+        "--set",
+        f"watchNamespaces={{{team}}}",
+        "--set",
+        f"healthPort={free_port()}",
+        "--set",
+        f"metrics.port={free_port()}",
+        "--set",
+        f"stages.workerCommand={{python,{STANDIN / 'worker.py'}}}",
+        "--set",
+        f"stages.trainLauncher={{python,{STANDIN / 'torchrun.py'}}}",
+        "--wait",
+        "--timeout",
+        "180s",
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert "watching: " + team in res.stdout  # NOTES.txt
     pods = core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
@@ -34,8 +52,17 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     assert pod.spec.service_account_name == "sparsify-sparsify-operator"
     assert pod.spec.node_name  # placed by the scheduler, run by the process-kubelet
 
-    kubectl(cluster.kubeconfig, "create", "secret", "generic", "sparsify-s3", "-n", team,
-            "--from-literal=AWS_ACCESS_KEY_ID=local", "--from-literal=AWS_SECRET_ACCESS_KEY=local")
+    kubectl(
+        cluster.kubeconfig,
+        "create",
+        "secret",
+        "generic",
+        "sparsify-s3",
+        "-n",
+        team,
+        "--from-literal=AWS_ACCESS_KEY_ID=local",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=local",
+    )
     sample = yaml.safe_load((REPO / "manifests/samples/yolov5s-pruned-quantized.yaml").read_text())
     kubectl(cluster.kubeconfig, "apply", "-n", team, "-f", "-", input=json.dumps(sample))
     name = sample["metadata"]["name"]

@@ -32,8 +32,9 @@ def crd(cluster, kube):
 
     wait_until(established, 30, what="CRD Established")
     # the OpenAPI document (kubectl explain, server-side dry-run) is published a moment later
-    wait_until(lambda: kubectl(cluster.kubeconfig, "explain", "sparsifyjob.spec", check=False).returncode == 0,
-               30, what="CRD schema published")
+    wait_until(
+        lambda: kubectl(cluster.kubeconfig, "explain", "sparsifyjob.spec", check=False).returncode == 0, 30, what="CRD schema published"
+    )
     return "sparsifyjobs.yolo-sparsify.io"
 
 
@@ -41,10 +42,14 @@ def crd(cluster, kube):
 def operator_kubeconfig(cluster, core, crd, tmp_path_factory):
     for f in ("namespace.yaml", "rbac.yaml"):
         kubectl(cluster.kubeconfig, "apply", "-f", str(REPO / "manifests/base" / f))
-    wait_until(lambda: core.list_namespaced_service_account("sparsify-system", field_selector="metadata.name=sparsify-operator").items,
-               30, what="operator ServiceAccount")
-    return service_account_kubeconfig(cluster.kubeconfig, core, "sparsify-system", "sparsify-operator",
-                                      tmp_path_factory.mktemp("operator") / "kubeconfig")
+    wait_until(
+        lambda: core.list_namespaced_service_account("sparsify-system", field_selector="metadata.name=sparsify-operator").items,
+        30,
+        what="operator ServiceAccount",
+    )
+    return service_account_kubeconfig(
+        cluster.kubeconfig, core, "sparsify-system", "sparsify-operator", tmp_path_factory.mktemp("operator") / "kubeconfig"
+    )
 
 
 class OperatorProcess:
@@ -57,14 +62,23 @@ class OperatorProcess:
         self.metrics_port = free_port()
 
     def start(self) -> "OperatorProcess":
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-               "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
-               "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-               "SPARSIFY_RESYNC_SECONDS": "5", "SPARSIFY_METRICS_PORT": str(self.metrics_port),
-               "SPARSIFY_START_DEADLINE_SECONDS": str(START_DEADLINE_SECONDS), **self.extra_env}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
+            "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
+            "SPARSIFY_RESYNC_SECONDS": "5",
+            "SPARSIFY_METRICS_PORT": str(self.metrics_port),
+            "SPARSIFY_START_DEADLINE_SECONDS": str(START_DEADLINE_SECONDS),
+            **self.extra_env,
+        }
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
         def live():
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -108,12 +122,9 @@ def custom(kube):
     return client.CustomObjectsApi(kube)
 
 
-
 def wait_phase(custom, namespace, name, phases, timeout=120):
     def get():
         sj = custom.get_namespaced_custom_object("yolo-sparsify.io", "v1alpha1", namespace, "sparsifyjobs", name)
         return sj if (sj.get("status") or {}).get("phase") in phases else None
 
     return wait_until(get, timeout, interval=0.5, what=f"{namespace}/{name} phase in {phases}")
-
-

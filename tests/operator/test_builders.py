@@ -3,7 +3,12 @@
 import json
 
 from sparsify_operator.builders import (
-    OperatorConfig, construct_job, construct_network_policy, construct_rendezvous_service, job_name, scaled_quantity,
+    OperatorConfig,
+    construct_job,
+    construct_network_policy,
+    construct_rendezvous_service,
+    job_name,
+    scaled_quantity,
 )
 from sparsify_operator.spec import normalized
 
@@ -26,16 +31,32 @@ def test_names_are_deterministic_and_owned():
     assert j["metadata"]["name"] == "demo-train" == job_name("demo", "train")
     assert build("train", attempt=2, batch=16)["metadata"]["name"] == "demo-train-r2"
     (owner,) = j["metadata"]["ownerReferences"]
-    assert owner == {"apiVersion": "yolo-sparsify.io/v1alpha1", "kind": "SparsifyJob", "name": "demo", "uid": "uid-1234",
-                     "controller": True, "blockOwnerDeletion": True}
+    assert owner == {
+        "apiVersion": "yolo-sparsify.io/v1alpha1",
+        "kind": "SparsifyJob",
+        "name": "demo",
+        "uid": "uid-1234",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def test_single_node_training_pod():
     j = build("train", batch=64)
     pod = j["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] == ["sparsify-worker", "supervise", "--", "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=4",
-                            "--no-python", "sparsify-worker", "train"]
+    assert c["command"] == [
+        "sparsify-worker",
+        "supervise",
+        "--",
+        "torchrun",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=4",
+        "--no-python",
+        "sparsify-worker",
+        "train",
+    ]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
@@ -63,7 +84,8 @@ def test_multi_node_training_is_an_indexed_job_with_rendezvous_at_index_0():
     assert j["spec"]["backoffLimit"] == 0
     assert j["spec"]["podFailurePolicy"]["rules"] == [
         {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "NotIn", "values": [0]}},
-        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
     policy = construct_network_policy(sj)
     train_pods = {"matchLabels": {"yolo-sparsify.io/sparsifyjob": "demo", "yolo-sparsify.io/stage": "train"}}
     assert policy["spec"] == {"podSelector": train_pods, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": train_pods}]}]}
@@ -147,12 +169,20 @@ def test_a_64k_inline_recipe_reaches_the_pod_as_a_file_not_an_environment_variab
 
 
 def test_operator_variables_always_win_over_the_specs_env():
-    sj = sparsifyjob(env=[{"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other-team/x"},
-                          {"name": "AWS_ENDPOINT_URL_S3", "value": "http://evil:9000"}, {"name": "LD_PRELOAD", "value": "/x.so"},
-                          {"name": "PYTHONPATH", "value": "/x"}, {"name": "MY_FLAG", "value": "1"}])
+    sj = sparsifyjob(
+        env=[
+            {"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other-team/x"},
+            {"name": "AWS_ENDPOINT_URL_S3", "value": "http://evil:9000"},
+            {"name": "LD_PRELOAD", "value": "/x.so"},
+            {"name": "PYTHONPATH", "value": "/x"},
+            {"name": "MY_FLAG", "value": "1"},
+        ]
+    )
     env_list = build("train", sj=sj, batch=64)["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env_list]
-    assert env_of({"spec": {"template": {"spec": {"containers": [{"env": env_list}]}}}})["SPARSIFY_OUTPUT_URI"].endswith("/ml/demo/uid-1234")
+    assert env_of({"spec": {"template": {"spec": {"containers": [{"env": env_list}]}}}})["SPARSIFY_OUTPUT_URI"].endswith(
+        "/ml/demo/uid-1234"
+    )
     assert "LD_PRELOAD" not in names and "PYTHONPATH" not in names and "AWS_ENDPOINT_URL_S3" not in names
     assert names.count("SPARSIFY_OUTPUT_URI") == 1 and names[0] == "MY_FLAG"  # the user's first: a duplicate is the operator's
 
@@ -162,7 +192,9 @@ def test_every_stage_requests_cpu_memory_and_disk_and_training_scales_with_gpus(
     res = train["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "32", "memory": "192Gi", "ephemeral-storage": "80Gi", "nvidia.com/gpu": "4"}
     assert res["limits"] == {"nvidia.com/gpu": "4"}
-    own = sparsifyjob(training={"gpusPerNode": 2, "batchSize": 64, "resources": {"requests": {"memory": "100Gi"}, "limits": {"memory": "200Gi"}}})
+    own = sparsifyjob(
+        training={"gpusPerNode": 2, "batchSize": 64, "resources": {"requests": {"memory": "100Gi"}, "limits": {"memory": "200Gi"}}}
+    )
     res = build("train", sj=own, batch=64)["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"]["memory"] == "100Gi" and res["requests"]["cpu"] == "16" and res["limits"]["memory"] == "200Gi"
     cfg = OperatorConfig(train_requests_per_gpu=(("cpu", "500m"),), train_limits_per_gpu=(("memory", "8Gi"),))
@@ -184,8 +216,9 @@ def test_only_the_gpu_stage_is_queued():
 
 
 def test_platform_defaults_fill_what_the_spec_leaves_empty():
-    cfg = OperatorConfig(gpu_node_selector=(("node.kubernetes.io/instance-type", "p4d.24xlarge"),), s3_endpoint="http://minio:9000",
-                         queue_name="team-a")
+    cfg = OperatorConfig(
+        gpu_node_selector=(("node.kubernetes.io/instance-type", "p4d.24xlarge"),), s3_endpoint="http://minio:9000", queue_name="team-a"
+    )
     sj = sparsifyjob()
     spec = normalized(sj["spec"])
     train = construct_job(sj, spec, "train", 0, cfg, 64, {})
@@ -193,7 +226,9 @@ def test_platform_defaults_fill_what_the_spec_leaves_empty():
     assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and train["spec"]["suspend"] is True
     assert env_of(train)["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
     own = sparsifyjob(training={"nodeSelector": {"pool": "mine"}})
-    assert construct_job(own, normalized(own["spec"]), "train", 0, cfg, 64, {})["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "mine"}
+    assert construct_job(own, normalized(own["spec"]), "train", 0, cfg, 64, {})["spec"]["template"]["spec"]["nodeSelector"] == {
+        "pool": "mine"
+    }
 
 
 def test_a_node_dataset_cache_is_mounted_into_training_pods_only_when_the_platform_sets_one():

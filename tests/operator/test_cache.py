@@ -8,13 +8,23 @@ from sparsify_operator.cache import Cache
 
 
 def sj(name="demo", rv=10, uid="sj-uid", phase=None):
-    return {"metadata": {"name": name, "namespace": "ml", "uid": uid, "resourceVersion": str(rv)},
-            "status": {"phase": phase} if phase else {}}
+    return {
+        "metadata": {"name": name, "namespace": "ml", "uid": uid, "resourceVersion": str(rv)},
+        "status": {"phase": phase} if phase else {},
+    }
 
 
 def job(name, rv, owner="demo", owner_uid="sj-uid", uid=None):
-    return {"metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "resourceVersion": str(rv),
-                         "labels": {LABEL_JOB: owner}, "ownerReferences": [{"uid": owner_uid}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": uid or f"uid-{name}",
+            "resourceVersion": str(rv),
+            "labels": {LABEL_JOB: owner},
+            "ownerReferences": [{"uid": owner_uid}],
+        }
+    }
 
 
 def test_an_older_copy_never_replaces_a_newer_one():
@@ -86,9 +96,11 @@ def test_relists_come_in_pages_and_keep_the_first_pages_snapshot():
 
     from sparsify_operator.kube import PAGE, Kube
 
-    pages = {None: {"metadata": {"resourceVersion": "41", "continue": "p2"}, "items": [{"n": 1}, {"n": 2}]},
-             "p2": {"metadata": {"resourceVersion": "41", "continue": "p3"}, "items": [{"n": 3}]},
-             "p3": {"metadata": {"resourceVersion": "41"}, "items": [{"n": 4}]}}
+    pages = {
+        None: {"metadata": {"resourceVersion": "41", "continue": "p2"}, "items": [{"n": 1}, {"n": 2}]},
+        "p2": {"metadata": {"resourceVersion": "41", "continue": "p3"}, "items": [{"n": 3}]},
+        "p3": {"metadata": {"resourceVersion": "41"}, "items": [{"n": 4}]},
+    }
     asked = []
 
     def list_call(namespace, limit, _continue, **kwargs):  # the shape of a kubernetes-client list call
@@ -109,7 +121,8 @@ def test_stage_jobs_are_watched_with_a_server_side_label_selector_and_sparsifyjo
     settings = kopf.OperatorSettings()
     configure(settings)
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", singular="job", namespaced=True)
-    sjs = Resource(group="yolo-sparsify.io", version="v1alpha1", plural="sparsifyjobs", kind="SparsifyJob", singular="sparsifyjob",
-                   namespaced=True)
+    sjs = Resource(
+        group="yolo-sparsify.io", version="v1alpha1", plural="sparsifyjobs", kind="SparsifyJob", singular="sparsifyjob", namespaced=True
+    )
     assert list(settings.watching.label_selectors.collect(jobs)) == ["app.kubernetes.io/managed-by=sparsify-operator"]
     assert list(settings.watching.label_selectors.collect(sjs)) == []

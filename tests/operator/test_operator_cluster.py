@@ -74,16 +74,40 @@ def test_crd_explains_itself_and_every_sample_applies(cluster, crd, namespace):
 
 INVALID = [
     ("preset for the other model", {"recipe": {"preset": "yolov5l-pruned"}}, "recipes are not interchangeable"),
-    ("custom recipe for the other model", {"recipe": {"inline": "modifiers: []", "targetArch": "yolov5l"}}, "recipe.targetArch does not match model.arch"),
+    (
+        "custom recipe for the other model",
+        {"recipe": {"inline": "modifiers: []", "targetArch": "yolov5l"}},
+        "recipe.targetArch does not match model.arch",
+    ),
     ("custom recipe without its model", {"recipe": {"uri": "s3://r/recipe.yaml"}}, "must say which model it is written for"),
     ("two recipe sources", {"recipe": {"preset": "pruned", "uri": "s3://r/recipe.yaml"}}, "exactly one of preset, uri or inline"),
     ("unknown architecture", {"model": {"arch": "yolov5z"}}, 'supported values: "yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x"'),
-    ("v5.0 layout of a v7-only model", {"model": {"arch": "yolov5n", "layout": "v5.0"}}, "model.layout v5.0 exists for yolov5s and yolov5l only"),
-    ("the seed's preset on another model", {"model": {"arch": "yolov5m"}}, "the seed's pruned and pruned-quantized presets are published for the v5.0 layout"),
-    ("the seed's preset on the v7.0 layout", {"model": {"arch": "yolov5s", "layout": "v7.0"}}, "use transfer-pruned or transfer-pruned-quantized"),
+    (
+        "v5.0 layout of a v7-only model",
+        {"model": {"arch": "yolov5n", "layout": "v5.0"}},
+        "model.layout v5.0 exists for yolov5s and yolov5l only",
+    ),
+    (
+        "the seed's preset on another model",
+        {"model": {"arch": "yolov5m"}},
+        "the seed's pruned and pruned-quantized presets are published for the v5.0 layout",
+    ),
+    (
+        "the seed's preset on the v7.0 layout",
+        {"model": {"arch": "yolov5s", "layout": "v7.0"}},
+        "use transfer-pruned or transfer-pruned-quantized",
+    ),
     ("transfer without weights", {"recipe": {"preset": "transfer-pruned"}}, "the transfer-* presets start from dense weights"),
-    ("target sparsity on a seed preset", {"recipe": {"preset": "pruned", "targetSparsity": 0.5}}, "recipe.targetSparsity applies to the transfer-pruned"),
-    ("target sparsity out of range", {"recipe": {"preset": "transfer-pruned", "targetSparsity": 0.99}}, "should be less than or equal to 0.9"),
+    (
+        "target sparsity on a seed preset",
+        {"recipe": {"preset": "pruned", "targetSparsity": 0.5}},
+        "recipe.targetSparsity applies to the transfer-pruned",
+    ),
+    (
+        "target sparsity out of range",
+        {"recipe": {"preset": "transfer-pruned", "targetSparsity": 0.99}},
+        "should be less than or equal to 0.9",
+    ),
     ("malformed dataset URI", {"dataset": {"uri": "https://bucket/data"}}, "dataset.uri must be an S3 URI"),
     ("malformed weights URI", {"model": {"arch": "yolov5s", "weights": "/local/best.pt"}}, "model.weights must be empty or an S3 URI"),
     ("too many GPUs per node", {"training": {"gpusPerNode": 16}}, "should be less than or equal to 8"),
@@ -98,8 +122,11 @@ INVALID = [
     ("credentials two ways", {"output": {"bucket": "m", "credentialsSecret": "s", "serviceAccountName": "sa"}}, "not both"),
     ("credentials in the spec", {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "must not be written into the spec"),
     ("endpoint not a URL", {"output": {"bucket": "m", "endpoint": "minio:9000"}}, "output.endpoint must be an http(s) URL"),
-    ("reserved env: the output location", {"env": [{"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other/x"}]},
-     "env names starting with SPARSIFY_, AWS_, LD_ or PYTHON are reserved"),
+    (
+        "reserved env: the output location",
+        {"env": [{"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other/x"}]},
+        "env names starting with SPARSIFY_, AWS_, LD_ or PYTHON are reserved",
+    ),
     ("reserved env: the spec itself", {"env": [{"name": "SPARSIFY_SPEC_FILE", "value": "/tmp/mine.json"}]}, "are reserved"),
     ("reserved env: S3 endpoint", {"env": [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://elsewhere:9000"}]}, "are reserved"),
     ("reserved env: preload", {"env": [{"name": "LD_PRELOAD", "value": "/tmp/x.so"}]}, "are reserved"),
@@ -244,23 +271,40 @@ def test_operator_killed_and_restarted_mid_stage_neither_duplicates_nor_stalls(o
 
 def test_deleting_mid_run_leaves_nothing_behind_even_with_the_operator_down(operator, custom, core, batch, namespace):
     create(custom, namespace, manifest("gone", env={"STANDIN_TRAIN_SECONDS": 300}))
-    wait_until(lambda: any(p.status.phase == "Running" for p in core.list_namespaced_pod(
-        namespace, label_selector="yolo-sparsify.io/stage=train").items), 60, what="training pod running")
+    wait_until(
+        lambda: any(
+            p.status.phase == "Running" for p in core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/stage=train").items
+        ),
+        60,
+        what="training pod running",
+    )
     operator.stop()
     try:
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
-        wait_until(lambda: not exists(custom, namespace, "gone"), 10, what="SparsifyJob gone without waiting for the operator (no finalizer)")
+        wait_until(
+            lambda: not exists(custom, namespace, "gone"), 10, what="SparsifyJob gone without waiting for the operator (no finalizer)"
+        )
         wait_until(lambda: not jobs_of(batch, namespace, "gone"), 60, what="Jobs garbage-collected")
-        wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=gone").items,
-                   60, what="pods garbage-collected")
+        wait_until(
+            lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=gone").items,
+            60,
+            what="pods garbage-collected",
+        )
     finally:
         operator.start()
 
 
 def test_training_pod_killed_is_resumed_by_a_new_attempt_with_the_same_batch(operator, custom, core, namespace):
     create(custom, namespace, manifest("crash", env={"STANDIN_TRAIN_SECONDS": 8}))
-    running = wait_until(lambda: [p for p in core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/stage=train").items
-                                  if p.status.phase == "Running"], 60, what="training pod running")
+    running = wait_until(
+        lambda: [
+            p
+            for p in core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/stage=train").items
+            if p.status.phase == "Running"
+        ],
+        60,
+        what="training pod running",
+    )
     faults.kill_container(core, namespace, running[0].metadata.name)
     st = wait_phase(custom, namespace, "crash", ("Succeeded", "Failed"))["status"]
     assert st["phase"] == "Succeeded"
@@ -274,8 +318,14 @@ def test_operator_survives_garbage_status_and_malformed_objects(cluster, operato
     ok = create(custom, namespace, manifest("garbage", env={"STANDIN_FAIL_STAGE": "validate"}))
     wait_phase(custom, namespace, "garbage", ("Failed",))
     # A user (or a buggy tool) scribbles over the status: the operator repairs it.
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "garbage",
-                                                 {"status": {"phase": "Bogus", "stages": {"train": "garbage"}, "conditions": [{"x": 1}]}})
+    custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "garbage",
+        {"status": {"phase": "Bogus", "stages": {"train": "garbage"}, "conditions": [{"x": 1}]}},
+    )
 
     def repaired():
         st = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "garbage")["status"]
@@ -292,9 +342,30 @@ def test_operator_survives_garbage_status_and_malformed_objects(cluster, operato
     permissive["spec"]["versions"][0]["additionalPrinterColumns"] = []
     try:
         kubectl(cluster.kubeconfig, "apply", "-f", "-", input=json.dumps(permissive))
-        wait_until(lambda: kubectl(cluster.kubeconfig, "apply", "-n", namespace, "-f", "-", check=False, input=json.dumps(
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": "malformed"},
-             "spec": {"model": "yolov5s", "recipe": 7}})).returncode == 0, 20, what="malformed object accepted by the permissive CRD")
+        wait_until(
+            lambda: (
+                kubectl(
+                    cluster.kubeconfig,
+                    "apply",
+                    "-n",
+                    namespace,
+                    "-f",
+                    "-",
+                    check=False,
+                    input=json.dumps(
+                        {
+                            "apiVersion": f"{GROUP}/{VERSION}",
+                            "kind": "SparsifyJob",
+                            "metadata": {"name": "malformed"},
+                            "spec": {"model": "yolov5s", "recipe": 7},
+                        }
+                    ),
+                ).returncode
+                == 0
+            ),
+            20,
+            what="malformed object accepted by the permissive CRD",
+        )
         st = wait_phase(custom, namespace, "malformed", ("Failed",), timeout=30)["status"]
         stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
         assert stalled["reason"] == "InvalidSpec"
@@ -308,8 +379,9 @@ def test_operator_survives_garbage_status_and_malformed_objects(cluster, operato
 
 def test_queue_name_creates_a_suspended_job_for_kueue(operator, custom, batch, namespace):
     create(custom, namespace, manifest("queued", training={"queueName": "a100-queue"}))
-    job = wait_until(lambda: next((j for j in jobs_of(batch, namespace, "queued") if j.metadata.name == "queued-train"), None),
-                     60, what="train Job")
+    job = wait_until(
+        lambda: next((j for j in jobs_of(batch, namespace, "queued") if j.metadata.name == "queued-train"), None), 60, what="train Job"
+    )
     assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "a100-queue"
 
     def suspended():
@@ -336,8 +408,9 @@ def test_a_missing_secret_is_said_at_once_and_fails_the_run_at_the_start_deadlin
     body["spec"]["output"]["credentialsSecret"] = "does-not-exist"
     t0 = time.monotonic()
     create(custom, namespace, body)
-    said = wait_until(lambda: stage_status(custom, namespace, "nosecret", "validate")[1].get("waitingReason"), 60,
-                      what="the waiting reason in status")
+    said = wait_until(
+        lambda: stage_status(custom, namespace, "nosecret", "validate")[1].get("waitingReason"), 60, what="the waiting reason in status"
+    )
     seconds_to_reason = time.monotonic() - t0
     assert said == "CreateContainerConfigError"
     st, validate = stage_status(custom, namespace, "nosecret", "validate")
@@ -350,18 +423,26 @@ def test_a_missing_secret_is_said_at_once_and_fails_the_run_at_the_start_deadlin
     assert "does-not-exist" in next(c for c in st["conditions"] if c["type"] == "Stalled")["message"]
     job = batch.read_namespaced_job("nosecret-validate", namespace)
     assert job.spec.suspend is True and "StartDeadlineExceeded" in job.metadata.annotations["yolo-sparsify.io/failed"]
-    wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=nosecret").items,
-               60, what="the stuck pod removed")
+    wait_until(
+        lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=nosecret").items,
+        60,
+        what="the stuck pod removed",
+    )
     reasons = [r for r, _ in events_of(core, namespace, "nosecret")]
     assert reasons.count("CreateContainerConfigError") == 1 and "StageFailed" in reasons
-    print(f"\nmissing Secret: reason in status after {seconds_to_reason:.1f}s, Failed after {seconds_to_failed:.1f}s "
-          f"(start deadline {START_DEADLINE_SECONDS}s)")
+    print(
+        f"\nmissing Secret: reason in status after {seconds_to_reason:.1f}s, Failed after {seconds_to_failed:.1f}s "
+        f"(start deadline {START_DEADLINE_SECONDS}s)"
+    )
 
 
 def test_an_unschedulable_training_pod_is_said_and_fails_at_the_start_deadline_freeing_nothing_held(operator, custom, core, namespace):
     create(custom, namespace, manifest("nowhere", training={"nodeSelector": {"pool": "does-not-exist"}}))
-    wait_until(lambda: stage_status(custom, namespace, "nowhere", "train")[1].get("waitingReason") == "Unschedulable", 90,
-               what="Unschedulable in status")
+    wait_until(
+        lambda: stage_status(custom, namespace, "nowhere", "train")[1].get("waitingReason") == "Unschedulable",
+        90,
+        what="Unschedulable in status",
+    )
     assert "didn't match" in stage_status(custom, namespace, "nowhere", "train")[1]["waitingMessage"]
     st = wait_phase(custom, namespace, "nowhere", ("Failed",), timeout=120)["status"]
     assert st["stages"]["train"]["reason"] == "StartDeadlineExceeded" and "Unschedulable" in st["stages"]["train"]["message"]
@@ -370,11 +451,17 @@ def test_an_unschedulable_training_pod_is_said_and_fails_at_the_start_deadline_f
 
 def test_a_quota_that_keeps_a_stage_job_from_creating_pods_is_said_and_fails_at_the_start_deadline(operator, custom, core, namespace):
     core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
-    wait_until(lambda: (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0",
-               60, what="quota status computed")
+    wait_until(
+        lambda: (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0",
+        60,
+        what="quota status computed",
+    )
     create(custom, namespace, manifest("nopods"))
-    wait_until(lambda: stage_status(custom, namespace, "nopods", "validate")[1].get("waitingReason") == "FailedCreate", 60,
-               what="FailedCreate in status")
+    wait_until(
+        lambda: stage_status(custom, namespace, "nopods", "validate")[1].get("waitingReason") == "FailedCreate",
+        60,
+        what="FailedCreate in status",
+    )
     assert "exceeded quota: no-pods" in stage_status(custom, namespace, "nopods", "validate")[1]["waitingMessage"]
     st = wait_phase(custom, namespace, "nopods", ("Failed",), timeout=120)["status"]
     assert st["stages"]["validate"]["reason"] == "StartDeadlineExceeded" and "FailedCreate" in st["stages"]["validate"]["message"]
@@ -382,8 +469,11 @@ def test_a_quota_that_keeps_a_stage_job_from_creating_pods_is_said_and_fails_at_
 
 def test_a_child_the_api_server_refuses_fails_the_run_with_its_message(operator, custom, core, namespace):
     core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}})
-    wait_until(lambda: (core.read_namespaced_resource_quota("no-jobs", namespace).status.hard or {}).get("count/jobs.batch") == "0",
-               60, what="quota status computed")
+    wait_until(
+        lambda: (core.read_namespaced_resource_quota("no-jobs", namespace).status.hard or {}).get("count/jobs.batch") == "0",
+        60,
+        what="quota status computed",
+    )
     create(custom, namespace, manifest("refused"))
     st = wait_phase(custom, namespace, "refused", ("Failed",), timeout=60)["status"]
     stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
@@ -411,8 +501,11 @@ def test_results_survive_an_operator_restart_after_the_pods_are_gone(operator, c
     operator.kill()
     try:
         core.delete_collection_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=kept", grace_period_seconds=0)
-        wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=kept").items,
-                   60, what="pods garbage-collected")
+        wait_until(
+            lambda: not core.list_namespaced_pod(namespace, label_selector="yolo-sparsify.io/sparsifyjob=kept").items,
+            60,
+            what="pods garbage-collected",
+        )
     finally:
         operator.start()
     time.sleep(12)  # a startup relist and two resyncs
@@ -421,22 +514,48 @@ def test_results_survive_an_operator_restart_after_the_pods_are_gone(operator, c
 
 
 def test_one_failed_rank_fails_the_group_at_once_and_the_whole_group_resumes(operator, custom, core, batch, namespace):
-    create(custom, namespace, manifest("rank", env={"STANDIN_FAIL_RANK": "1:0", "STANDIN_TRAIN_SECONDS": 60},
-                                       training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64}))
-    policy = wait_until(lambda: next(iter(client.NetworkingV1Api(core.api_client).list_namespaced_network_policy(
-        namespace, label_selector="yolo-sparsify.io/sparsifyjob=rank").items), None), 60, what="the group's NetworkPolicy")
+    create(
+        custom,
+        namespace,
+        manifest(
+            "rank", env={"STANDIN_FAIL_RANK": "1:0", "STANDIN_TRAIN_SECONDS": 60}, training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64}
+        ),
+    )
+    policy = wait_until(
+        lambda: next(
+            iter(
+                client.NetworkingV1Api(core.api_client)
+                .list_namespaced_network_policy(namespace, label_selector="yolo-sparsify.io/sparsifyjob=rank")
+                .items
+            ),
+            None,
+        ),
+        60,
+        what="the group's NetworkPolicy",
+    )
     assert policy.spec.pod_selector.match_labels == {"yolo-sparsify.io/sparsifyjob": "rank", "yolo-sparsify.io/stage": "train"}
     assert policy.spec.ingress[0]._from[0].pod_selector.match_labels == policy.spec.pod_selector.match_labels
-    retry = wait_until(lambda: next((j for j in jobs_of(batch, namespace, "rank") if j.metadata.name == "rank-train-r1"), None),
-                       60, what="the group's second attempt")
+    retry = wait_until(
+        lambda: next((j for j in jobs_of(batch, namespace, "rank") if j.metadata.name == "rank-train-r1"), None),
+        60,
+        what="the group's second attempt",
+    )
     first = batch.read_namespaced_job("rank-train", namespace)
     failed_at = next(c.last_transition_time for c in first.status.conditions if c.type == "Failed" and c.status == "True")
     # rank 0 was still training (60 s) when rank 1 failed: the Job controller stopped it at once
     assert (failed_at - first.status.start_time).total_seconds() < 30
     assert (retry.metadata.creation_timestamp - failed_at).total_seconds() < 15
     st = wait_phase(custom, namespace, "rank", ("Succeeded", "Failed"), timeout=180)["status"]
-    pods = [(p.metadata.name, p.status.phase, p.spec.node_name, [c.state.to_dict() for c in p.status.container_statuses or []],
-             [(c.type, c.status, c.reason) for c in p.status.conditions or []]) for p in core.list_namespaced_pod(namespace).items]
+    pods = [
+        (
+            p.metadata.name,
+            p.status.phase,
+            p.spec.node_name,
+            [c.state.to_dict() for c in p.status.container_statuses or []],
+            [(c.type, c.status, c.reason) for c in p.status.conditions or []],
+        )
+        for p in core.list_namespaced_pod(namespace).items
+    ]
     assert st["phase"] == "Succeeded", json.dumps(st["stages"], indent=1) + "\n" + "\n".join(map(str, pods))
     train = st["stages"]["train"]
     assert train["attempts"] == 2 and train["retries"] == [{"attempt": 0, "job": "rank-train", "reason": "Error", "batchSize": 64}]
@@ -461,11 +580,18 @@ def test_admission_refuses_a_secret_or_service_account_its_creator_may_not_use(c
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "tenant"}})
     core.create_namespaced_secret(namespace, {"metadata": {"name": "team-creds"}, "stringData": {"AWS_ACCESS_KEY_ID": "x"}})
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "trainer-identity"}})
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "sj-creator"}, "rules": [
-        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["create", "get"]}]})
-    rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": "sj-creator"}, "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sj-creator"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}]})
+    rbac.create_namespaced_role(
+        namespace,
+        {"metadata": {"name": "sj-creator"}, "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["create", "get"]}]},
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "sj-creator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sj-creator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}],
+        },
+    )
     as_tenant = ["--as", f"system:serviceaccount:{namespace}:tenant"]
 
     def apply(name, output, *flags):
@@ -474,21 +600,37 @@ def test_admission_refuses_a_secret_or_service_account_its_creator_may_not_use(c
         return kubectl(cluster.kubeconfig, *as_tenant, "create", *flags, "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
 
     # the policy takes a moment to be in force: probe with server-side dry runs (admission runs, nothing is stored)
-    wait_until(lambda: apply("steal", {"credentialsSecret": "team-creds"}, "--dry-run=server").returncode != 0, 30,
-               what="the admission policy in force")
+    wait_until(
+        lambda: apply("steal", {"credentialsSecret": "team-creds"}, "--dry-run=server").returncode != 0,
+        30,
+        what="the admission policy in force",
+    )
     refused = apply("steal", {"credentialsSecret": "team-creds"})
     assert refused.returncode != 0
     assert f"system:serviceaccount:{namespace}:tenant may not read Secret team-creds" in refused.stderr
     res = apply("become", {"serviceAccountName": "trainer-identity"})
     assert res.returncode != 0 and "may not act as ServiceAccount trainer-identity" in res.stderr
     assert apply("plain", {}).returncode == 0  # nothing named: nothing to check
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "use-creds"}, "rules": [
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["team-creds"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["serviceaccounts"], "resourceNames": ["trainer-identity"], "verbs": ["impersonate"]}]})
-    rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": "use-creds"}, "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "use-creds"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}]})
-    wait_until(lambda: apply("allowed", {"credentialsSecret": "team-creds"}, "--dry-run=server").returncode == 0, 30,
-               what="allowed once granted")
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "use-creds"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["team-creds"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["serviceaccounts"], "resourceNames": ["trainer-identity"], "verbs": ["impersonate"]},
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "use-creds"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "use-creds"},
+            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}],
+        },
+    )
+    wait_until(
+        lambda: apply("allowed", {"credentialsSecret": "team-creds"}, "--dry-run=server").returncode == 0, 30, what="allowed once granted"
+    )
     assert apply("allowed", {"credentialsSecret": "team-creds"}).returncode == 0
     assert apply("allowed-sa", {"serviceAccountName": "trainer-identity"}).returncode == 0

@@ -15,8 +15,13 @@ OK = {
     "validate": json.dumps({"ok": True}),
     "train": json.dumps({"bestMap50": 0.52, "sparsity": 0.75, "epochs": 3, "checkpoint": "s3://m/best.pt"}),
     "export": json.dumps({"onnx": "s3://m/model.onnx", "sizeBytes": 7_500_000, "sizeGzipBytes": 2_300_000, "sparsity": 0.74}),
-    "benchmark": json.dumps({"engines": {"deepsparse": {"imagesPerSecond": 396.7}, "onnxruntime": {"imagesPerSecond": 135.8}},
-                             "nativeFraction": 0.92, "report": "s3://m/report.md"}),
+    "benchmark": json.dumps(
+        {
+            "engines": {"deepsparse": {"imagesPerSecond": 396.7}, "onnxruntime": {"imagesPerSecond": 135.8}},
+            "nativeFraction": 0.92,
+            "report": "s3://m/report.md",
+        }
+    ),
     "publish": json.dumps({"results": "s3://m/results.json", "report": "s3://m/report.md"}),
 }
 
@@ -171,9 +176,14 @@ def test_a_cuda_oom_is_retried_like_an_oom_kill_with_half_the_batch():
 
 
 def benchmark_summary(verdicts, dense_ips=(150.0, 140.0), dense_map=0.5):
-    return json.dumps({"engines": {"deepsparse": {"imagesPerSecond": 300.0}, "onnxruntime": {"imagesPerSecond": 100.0}},
-                       "nativeFraction": 0.73, "dense": {"map50": dense_map, "imagesPerSecond": dict(zip(("deepsparse", "onnxruntime"), dense_ips))},
-                       "verdicts": verdicts})
+    return json.dumps(
+        {
+            "engines": {"deepsparse": {"imagesPerSecond": 300.0}, "onnxruntime": {"imagesPerSecond": 100.0}},
+            "nativeFraction": 0.73,
+            "dense": {"map50": dense_map, "imagesPerSecond": dict(zip(("deepsparse", "onnxruntime"), dense_ips))},
+            "verdicts": verdicts,
+        }
+    )
 
 
 def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
@@ -199,6 +209,7 @@ def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
 
 # ---- hardening: latched results, pods that cannot start, refused children, groups --------------
 
+
 def test_a_finished_runs_status_is_never_rewritten_even_when_its_pods_are_gone():
     jobs, pods = done("validate", "train", "export", "benchmark", "publish")
     finished = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW).status
@@ -217,7 +228,10 @@ def pending(stage="validate", created="2026-11-29T00:00:00Z", **status):
 
 
 def waiting_pod(reason, message):
-    return {"metadata": {}, "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": reason, "message": message}}}]}}
+    return {
+        "metadata": {},
+        "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": reason, "message": message}}}]},
+    }
 
 
 def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_start_deadline():
@@ -225,7 +239,11 @@ def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_star
     pods = {"demo-validate": [waiting_pod("CreateContainerConfigError", 'secret "s3-creds" not found')]}
     early = plan(sparsifyjob(), observe([j], pods), CFG, "2026-11-29T00:00:30Z")
     st = early.status["stages"]["validate"]
-    assert (st["phase"], st["waitingReason"], st["waitingMessage"]) == ("Pending", "CreateContainerConfigError", 'secret "s3-creds" not found')
+    assert (st["phase"], st["waitingReason"], st["waitingMessage"]) == (
+        "Pending",
+        "CreateContainerConfigError",
+        'secret "s3-creds" not found',
+    )
     assert early.status["phase"] == "Validating" and early.give_up == []
     ready = next(c for c in early.status["conditions"] if c["type"] == "Ready")
     assert 'secret "s3-creds" not found' in ready["message"] and "300s" in ready["message"]
@@ -234,8 +252,9 @@ def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_star
     late = plan(sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:05:01Z")
     assert late.status["phase"] == "Failed" and late.create == []
     assert late.status["stages"]["validate"]["reason"] == "StartDeadlineExceeded"
-    assert late.give_up == [("demo-validate", 'StartDeadlineExceeded: CreateContainerConfigError: secret "s3-creds" not found '
-                                              "(not started within 300s)")]
+    assert late.give_up == [
+        ("demo-validate", 'StartDeadlineExceeded: CreateContainerConfigError: secret "s3-creds" not found (not started within 300s)')
+    ]
     # what a restarted operator sees afterwards: the Job it stopped, with its annotation
     j["metadata"]["annotations"]["yolo-sparsify.io/failed"] = late.give_up[0][1]
     j["spec"]["suspend"] = True
@@ -244,8 +263,13 @@ def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_star
 
 
 def test_unschedulable_and_failed_create_are_reasons_too_and_kueue_held_jobs_are_not_late():
-    unsched = {"metadata": {}, "status": {"phase": "Pending", "conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available"}]}}
+    unsched = {
+        "metadata": {},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available"}],
+        },
+    }
     a = observe_attempt(pending("train"), [unsched])
     assert (a.waiting_reason, a.waiting_message) == ("Unschedulable", "0/4 nodes are available")
     quota = [{"reason": "FailedCreate", "message": "exceeded quota: pods", "lastTimestamp": "2026-11-29T00:00:05Z"}]
@@ -296,8 +320,9 @@ def test_a_refused_child_fails_the_run_with_the_servers_message():
     from sparsify_operator.reconcile import refused
 
     p = plan(sparsifyjob(), {}, CFG, NOW)
-    status, event = refused(sparsifyjob(), p.status, "Job", "demo-validate", 403,
-                            'jobs.batch "demo-validate" is forbidden: exceeded quota: no-jobs', NOW)
+    status, event = refused(
+        sparsifyjob(), p.status, "Job", "demo-validate", 403, 'jobs.batch "demo-validate" is forbidden: exceeded quota: no-jobs', NOW
+    )
     assert status["phase"] == "Failed" and status["completionTime"] == NOW
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["reason"] == "ChildRejected" and "exceeded quota: no-jobs" in stalled["message"] and "(403)" in stalled["message"]

@@ -11,7 +11,7 @@ import time
 def main() -> None:
     args = sys.argv[1:]
     split = args.index("--no-python")
-    opts, command = args[:split], args[split + 1:]
+    opts, command = args[:split], args[split + 1 :]
     parsed = {}
     for o in opts:
         key, _, value = o.lstrip("-").partition("=")

@@ -51,17 +51,36 @@ def main() -> None:
             finish({"stage": stage, "error": f"OutOfMemoryError: CUDA out of memory at batch size {batch}", "reason": "GPUOutOfMemory"}, 75)
         time.sleep(float(os.environ.get("STANDIN_TRAIN_SECONDS", "0")))
         launcher = json.loads(os.environ.get("STANDIN_LAUNCHER", "{}"))
-        finish({"stage": stage, "epochs": spec["training"].get("epochs", 3), "bestMap50": 0.5123, "sparsity": 0.75,
-                "batchSize": batch, "checkpoint": f"{out}/checkpoints/best.pt", "lastCheckpoint": f"{out}/checkpoints/last.pt",
-                "launcher": launcher, "hostname": socket.gethostname()})
+        finish(
+            {
+                "stage": stage,
+                "epochs": spec["training"].get("epochs", 3),
+                "bestMap50": 0.5123,
+                "sparsity": 0.75,
+                "batchSize": batch,
+                "checkpoint": f"{out}/checkpoints/best.pt",
+                "lastCheckpoint": f"{out}/checkpoints/last.pt",
+                "launcher": launcher,
+                "hostname": socket.gethostname(),
+            }
+        )
     if stage == "export":
         assert inputs["train"]["checkpoint"].endswith("best.pt"), inputs
         finish({"stage": stage, "onnx": f"{out}/model.onnx", "sizeBytes": 7_500_000, "sizeGzipBytes": 2_300_000, "sparsity": 0.7412})
     if stage == "benchmark":
         assert inputs["export"]["onnx"].endswith("model.onnx"), inputs
-        finish({"stage": stage, "engines": {"deepsparse": {"imagesPerSecond": 396.7, "latencyMs": 161.3},
-                                            "onnxruntime": {"imagesPerSecond": 135.8, "latencyMs": 471.2}},
-                "nativeFraction": 0.92, "report": f"{out}/report.md", "node": os.environ.get("STANDIN_NODE", "")})
+        finish(
+            {
+                "stage": stage,
+                "engines": {
+                    "deepsparse": {"imagesPerSecond": 396.7, "latencyMs": 161.3},
+                    "onnxruntime": {"imagesPerSecond": 135.8, "latencyMs": 471.2},
+                },
+                "nativeFraction": 0.92,
+                "report": f"{out}/report.md",
+                "node": os.environ.get("STANDIN_NODE", ""),
+            }
+        )
     if stage == "publish":
         finish({"stage": stage, "results": f"{out}/results.json", "report": f"{out}/report.md"})
     finish({"stage": stage, "error": f"unknown stage {stage}"}, 64)

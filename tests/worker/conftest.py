@@ -40,7 +40,13 @@ def weighted_target(text: str, arch: str = "yolov5s", layout: str = "v5.0") -> f
         for p in mod["params"]:
             total += sizes[p]
             pruned += sizes[p] * float(v[group])
-    n_prunable = sum(c for n, c in sizes.items() if n.endswith("weight") and len(n.split(".")) > 2 and not n.startswith("model.0.")
-                     and n in {p for m in parse_recipe_yaml(text)["pruning_modifiers"] for p in m["params"]})
+    n_prunable = sum(
+        c
+        for n, c in sizes.items()
+        if n.endswith("weight")
+        and len(n.split(".")) > 2
+        and not n.startswith("model.0.")
+        and n in {p for m in parse_recipe_yaml(text)["pruning_modifiers"] for p in m["params"]}
+    )
     assert n_prunable == total
     return pruned / total

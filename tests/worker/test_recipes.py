@@ -7,21 +7,35 @@ import pytest
 from sparsify_worker.model import ARCHS
 from sparsify_worker.published import LAYER_GROUPS, layer_groups
 from sparsify_worker.recipes import (
-    RecipeError, assign_groups, parse_recipe_yaml, prunable_params, recipe_params, recipe_target_arch, render, rescaled_variables,
+    RecipeError,
+    assign_groups,
+    parse_recipe_yaml,
+    prunable_params,
+    recipe_params,
+    recipe_target_arch,
+    render,
+    rescaled_variables,
     variables,
 )
 
 from .conftest import recipe, weighted_target
 
 SEED = [f"{a}-{k}" for a in ("yolov5s", "yolov5l") for k in ("baseline", "pruned", "pruned-quantized")]
-TRANSFER = [(a, layout, k) for layout, archs in ARCHS.items() for a in archs
-            for k in ("transfer-baseline", "transfer-pruned", "transfer-pruned-quantized")]
+TRANSFER = [
+    (a, layout, k)
+    for layout, archs in ARCHS.items()
+    for a in archs
+    for k in ("transfer-baseline", "transfer-pruned", "transfer-pruned-quantized")
+]
 
 
 def groups_of(text: str) -> dict[str, str]:
     """parameter -> the recipe variable naming its final sparsity (sparsity_none, ...)."""
-    return {p: m["final_sparsity"].removeprefix("eval(sparsity_").removesuffix(")")
-            for m in parse_recipe_yaml(text)["pruning_modifiers"] for p in m["params"]}
+    return {
+        p: m["final_sparsity"].removeprefix("eval(sparsity_").removesuffix(")")
+        for m in parse_recipe_yaml(text)["pruning_modifiers"]
+        for p in m["params"]
+    }
 
 
 @pytest.mark.parametrize("name", SEED)
@@ -48,8 +62,12 @@ def test_seed_presets_put_every_layer_in_its_published_group(name):
     assert sum(len(t.split()) for t in LAYER_GROUPS[arch].values()) == len(prunable) == {"yolov5s": 61, "yolov5l": 109}[arch]
     assert groups_of(recipe(name)) == published
     v = variables(recipe(name))
-    expected = {("yolov5s", False): (0.5, 0.6, 0.725, 0.8), ("yolov5s", True): (0.4, 0.5, 0.65, 0.75),
-                ("yolov5l", False): (0.6, 0.75, 0.85, 0.9), ("yolov5l", True): (0.5, 0.65, 0.77, 0.85)}[(arch, "quantized" in name)]
+    expected = {
+        ("yolov5s", False): (0.5, 0.6, 0.725, 0.8),
+        ("yolov5s", True): (0.4, 0.5, 0.65, 0.75),
+        ("yolov5l", False): (0.6, 0.75, 0.85, 0.9),
+        ("yolov5l", True): (0.5, 0.65, 0.77, 0.85),
+    }[(arch, "quantized" in name)]
     assert tuple(v[f"sparsity_{g}"] for g in ("none", "low", "mid", "high")) == expected
 
 
@@ -57,7 +75,10 @@ def test_seed_presets_follow_the_published_warm_up_weights_from_0_biases_from_0_
     doc = parse_recipe_yaml(recipe("yolov5s-pruned"))
     warmups = [m for m in doc["training_modifiers"] if m["__modifier__"] == "LearningRateFunctionModifier" and m["lr_func"] == "linear"]
     v = variables(recipe("yolov5s-pruned"))
-    assert sorted((m["param_groups"], m["init_lr"]) for m in warmups) == [([0, 1], "eval(weights_warmup_lr)"), ([2], "eval(biases_warmup_lr)")]
+    assert sorted((m["param_groups"], m["init_lr"]) for m in warmups) == [
+        ([0, 1], "eval(weights_warmup_lr)"),
+        ([2], "eval(biases_warmup_lr)"),
+    ]
     assert (v["weights_warmup_lr"], v["biases_warmup_lr"], v["warmup_epochs"], v["init_lr"]) == (0.0, 0.1, 3.0, 0.01)
     assert (v["num_epochs"], v["pruning_start_epoch"], v["pruning_end_epoch"]) == (240.0, 4.0, 100.0)
 

@@ -6,14 +6,28 @@ from sparsify_worker import cli
 from sparsify_worker.report import accuracy_vs_throughput_plot, benchmark_markdown, full_markdown, results_document
 
 SPEC = {"model": {"arch": "yolov5s"}, "recipe": {"preset": "pruned-quantized"}}
-INPUTS = {"train": {"bestMap50": 0.41, "checkpoint": "s3://m/best.pt"},
-          "export": {"onnx": "s3://m/model.onnx", "sizeBytes": 7_500_000, "sizeGzipBytes": 2_300_000, "sparsity": 0.74, "quantized": True}}
-RESULT = {"engines": {"deepsparse": {"imagesPerSecond": 40.0, "latencyMs": 100.0, "nativeFraction": 0.84},
-                      "onnxruntime": {"imagesPerSecond": 20.0, "latencyMs": 200.0}},
-          "cpu": {"vendor": "AMD", "isa": "avx512", "vnni": True, "cores": 2}, "batchSize": 16, "scenario": "sync", "seconds": 10,
-          "speedupVsOnnxRuntime": 2.0,
-          "dense": {"source": "untrained", "map50": None, "sizeBytes": 29_000_000, "sizeGzipBytes": 26_900_000,
-                    "engines": {"deepsparse": {"imagesPerSecond": 16.0}, "onnxruntime": {"imagesPerSecond": 10.0}}}}
+INPUTS = {
+    "train": {"bestMap50": 0.41, "checkpoint": "s3://m/best.pt"},
+    "export": {"onnx": "s3://m/model.onnx", "sizeBytes": 7_500_000, "sizeGzipBytes": 2_300_000, "sparsity": 0.74, "quantized": True},
+}
+RESULT = {
+    "engines": {
+        "deepsparse": {"imagesPerSecond": 40.0, "latencyMs": 100.0, "nativeFraction": 0.84},
+        "onnxruntime": {"imagesPerSecond": 20.0, "latencyMs": 200.0},
+    },
+    "cpu": {"vendor": "AMD", "isa": "avx512", "vnni": True, "cores": 2},
+    "batchSize": 16,
+    "scenario": "sync",
+    "seconds": 10,
+    "speedupVsOnnxRuntime": 2.0,
+    "dense": {
+        "source": "untrained",
+        "map50": None,
+        "sizeBytes": 29_000_000,
+        "sizeGzipBytes": 26_900_000,
+        "engines": {"deepsparse": {"imagesPerSecond": 16.0}, "onnxruntime": {"imagesPerSecond": 10.0}},
+    },
+}
 
 
 def test_benchmark_report_compares_sparse_with_dense():
@@ -36,9 +50,13 @@ def test_results_document_and_report():
 
 
 def test_report_has_the_dense_row_the_measured_speedup_and_the_verdicts():
-    bench = {**RESULT, "speedup": 2.4, "speedupRange": [2.2, 2.6],
-             "dense": {"map50": 0.5, "sizeGzipBytes": 26_900_000, "imagesPerSecond": {"deepsparse": 16.0, "onnxruntime": 10.0}},
-             "verdicts": [{"type": "AccuracyRetained", "ok": False, "reason": "AccuracyDrop", "message": "82% retained"}]}
+    bench = {
+        **RESULT,
+        "speedup": 2.4,
+        "speedupRange": [2.2, 2.6],
+        "dense": {"map50": 0.5, "sizeGzipBytes": 26_900_000, "imagesPerSecond": {"deepsparse": 16.0, "onnxruntime": 10.0}},
+        "verdicts": [{"type": "AccuracyRetained", "ok": False, "reason": "AccuracyDrop", "message": "82% retained"}],
+    }
     doc = results_document(SPEC, {**INPUTS, "benchmark": bench}, "s3://m/run", "demo")
     md = full_markdown(doc)
     assert "| dense (starting weights) | 0.500 | 0.0% | 26.9 MB | 16.0 | 10.0 |" in md

@@ -83,8 +83,12 @@ def test_transient_errors_are_retried(s3_endpoint, tmp_path):
         from botocore.config import Config
         import boto3
 
-        raw = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1",
-                           config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+        raw = boto3.client(
+            "s3",
+            endpoint_url=proxy.endpoint,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+        )
         store = Store(raw)
         src = tmp_path / "best.pt"
         src.write_bytes(b"checkpoint" * 1000)

@@ -20,7 +20,14 @@ SPEC = {
     "dataset": {"uri": "s3://artifacts/datasets/shapes/"},
     "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 16, "epochs": 4, "imgSize": 128},
     "export": {"imgSize": 128, "opset": 13, "dynamicBatch": True},
-    "benchmark": {"batchSize": 4, "imgSize": 128, "scenario": "sync", "durationSeconds": 2, "rounds": 2, "engines": ["deepsparse", "onnxruntime"]},
+    "benchmark": {
+        "batchSize": 4,
+        "imgSize": 128,
+        "scenario": "sync",
+        "durationSeconds": 2,
+        "rounds": 2,
+        "engines": ["deepsparse", "onnxruntime"],
+    },
     "output": {"bucket": "artifacts", "prefix": "runs", "region": "us-east-1"},
 }
 
@@ -31,15 +38,25 @@ def stage_env(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, na
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / f"{stage}-spec.json").write_text(json.dumps(spec))
     (tmp / f"{stage}-inputs.json").write_text(json.dumps(inputs))
-    return {**os.environ, "SPARSIFY_SPEC_FILE": str(tmp / f"{stage}-spec.json"), "SPARSIFY_INPUTS_FILE": str(tmp / f"{stage}-inputs.json"),
-            "SPARSIFY_STAGE": stage, "SPARSIFY_UID": uid or f"uid-{name}",
-            "SPARSIFY_NAMESPACE": "ml", "SPARSIFY_NAME": name, "SPARSIFY_OUTPUT_URI": f"s3://artifacts/runs/ml/{name}",
-           "SPARSIFY_BATCH_SIZE": str(spec["training"]["batchSize"]), "AWS_ENDPOINT_URL_S3": endpoint,
-           "TERMINATION_MESSAGE_PATH": str(tmp / f"{stage}.termination"), "SPARSIFY_WORKDIR": str(tmp / "work")}
+    return {
+        **os.environ,
+        "SPARSIFY_SPEC_FILE": str(tmp / f"{stage}-spec.json"),
+        "SPARSIFY_INPUTS_FILE": str(tmp / f"{stage}-inputs.json"),
+        "SPARSIFY_STAGE": stage,
+        "SPARSIFY_UID": uid or f"uid-{name}",
+        "SPARSIFY_NAMESPACE": "ml",
+        "SPARSIFY_NAME": name,
+        "SPARSIFY_OUTPUT_URI": f"s3://artifacts/runs/ml/{name}",
+        "SPARSIFY_BATCH_SIZE": str(spec["training"]["batchSize"]),
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "TERMINATION_MESSAGE_PATH": str(tmp / f"{stage}.termination"),
+        "SPARSIFY_WORKDIR": str(tmp / "work"),
+    }
 
 
-def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli", uid: str | None = None,
-              **env_updates) -> tuple[int, dict, str]:
+def run_stage(
+    stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli", uid: str | None = None, **env_updates
+) -> tuple[int, dict, str]:
     term = tmp / f"{stage}.termination"
     env = {**stage_env(stage, spec, inputs, endpoint, tmp, name, uid), **env_updates}
     proc = subprocess.run([*WORKER, stage], env=env, capture_output=True, text=True, timeout=900)
@@ -51,8 +68,13 @@ def run_stage(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, na
 def uploaded_dataset(s3_endpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "shapes"
     env = {**os.environ, "AWS_ENDPOINT_URL_S3": s3_endpoint}
-    subprocess.run([*WORKER, "make-dataset", str(out), "--train", "32", "--val", "8", "--size", "128",
-                    "--upload", "s3://artifacts/datasets/shapes"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*WORKER, "make-dataset", str(out), "--train", "32", "--val", "8", "--size", "128", "--upload", "s3://artifacts/datasets/shapes"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return "s3://artifacts/datasets/shapes/"
 
 
@@ -143,8 +165,12 @@ def test_a_killed_training_process_resumes_from_its_checkpoint_in_s3(s3_endpoint
 
     store = Store(client(s3_endpoint))
     last = "s3://artifacts/runs/ml/killed/checkpoints/last.pt"
-    first = subprocess.Popen([*WORKER, "train"], env=stage_env("train", SPEC, {}, s3_endpoint, tmp_path / "a", "killed"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [*WORKER, "train"],
+        env=stage_env("train", SPEC, {}, s3_endpoint, tmp_path / "a", "killed"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 600
         while not store.exists(last) and first.poll() is None and time.monotonic() < deadline:
@@ -164,8 +190,13 @@ def test_a_cuda_oom_under_torchrun_reaches_the_pod_as_exit_75(s3_endpoint, uploa
     env = {**stage_env("train", SPEC, {}, s3_endpoint, tmp_path, "cudaoom"), "YOLO_SPARSIFY_FAULT_CUDA_OOM": "1:8", "OMP_NUM_THREADS": "1"}
     torchrun = str(Path(sys.executable).parent / "torchrun")
     worker = str(Path(sys.executable).parent / "sparsify-worker")
-    proc = subprocess.run([*WORKER, "supervise", "--", torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=1", "--no-python",
-                           worker, "train"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*WORKER, "supervise", "--", torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=1", "--no-python", worker, "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "train.termination").read_text())
     assert summary["reason"] == "GPUOutOfMemory" and "CUDA out of memory" in summary["error"]
@@ -187,6 +218,11 @@ sys.exit(0 if how == "ok" else 1)
 def test_the_supervisor_maps_how_its_processes_ended_to_the_pods_exit_code(tmp_path, how, code):
     script = tmp_path / "rank.py"
     script.write_text(SUPERVISED)
-    proc = subprocess.run([*WORKER, "supervise", "--", sys.executable, str(script), how], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc = subprocess.run(
+        [*WORKER, "supervise", "--", sys.executable, str(script), how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     assert proc.returncode == code, proc.stderr[-2000:]

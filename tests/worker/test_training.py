@@ -22,8 +22,17 @@ pytestmark = pytest.mark.worker
 
 def config(dataset, out, name, epochs, **kw) -> TrainConfig:
     text = recipe(name)
-    return TrainConfig(arch="yolov5s", data_dir=dataset, recipe=text, recipe_variables=rescaled_variables(text, epochs),
-                       out_dir=out, batch_size=16, img_size=IMG, workers=0, **kw)
+    return TrainConfig(
+        arch="yolov5s",
+        data_dir=dataset,
+        recipe=text,
+        recipe_variables=rescaled_variables(text, epochs),
+        out_dir=out,
+        batch_size=16,
+        img_size=IMG,
+        workers=0,
+        **kw,
+    )
 
 
 def test_pruning_recipe_reaches_its_target_sparsity(dataset, tmp_path):
@@ -124,8 +133,13 @@ def test_torchrun_two_gloo_ranks_train_with_the_recipe(dataset, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nnodes=1", "--nproc_per_node=2", str(script), str(dataset), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nnodes=1", "--nproc_per_node=2", str(script), str(dataset), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "out" / "last.pt")
     assert abs(ckpt["sparsity"] - weighted_target(recipe("yolov5s-pruned-quantized"))) <= 0.01
@@ -146,8 +160,10 @@ def test_torchrun_two_gloo_ranks_train_with_the_recipe(dataset, tmp_path):
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 PRETRAINED = SHARED / "weights" / "yolov5n-v7.0.pt"
-needs_shared_data = pytest.mark.skipif(not (PRETRAINED.exists() and (SHARED / "coco128").is_dir()),
-                                       reason=f"the shared coco128 and COCO-pretrained YOLOv5n are absent ({SHARED})")
+needs_shared_data = pytest.mark.skipif(
+    not (PRETRAINED.exists() and (SHARED / "coco128").is_dir()),
+    reason=f"the shared coco128 and COCO-pretrained YOLOv5n are absent ({SHARED})",
+)
 
 
 @needs_shared_data
@@ -160,9 +176,19 @@ def test_sparse_transfer_from_the_real_pretrained_yolov5n_on_real_images_reaches
 
     data = split(SHARED / "coco128", tmp_path / "coco", 32, 16)
     text = render("yolov5n", "transfer-pruned-quantized", "v7.0", 0.5)
-    result = train(TrainConfig(arch="yolov5n", data_dir=data, recipe=text,
-                               recipe_variables={**rescaled_variables(text, 4), "init_lr": 0.001, "distillation_weight": 1.0},
-                               out_dir=tmp_path / "out", batch_size=16, img_size=256, workers=0, weights=PRETRAINED))
+    result = train(
+        TrainConfig(
+            arch="yolov5n",
+            data_dir=data,
+            recipe=text,
+            recipe_variables={**rescaled_variables(text, 4), "init_lr": 0.001, "distillation_weight": 1.0},
+            out_dir=tmp_path / "out",
+            batch_size=16,
+            img_size=256,
+            workers=0,
+            weights=PRETRAINED,
+        )
+    )
     assert result["model"] == {"arch": "yolov5n", "layout": "v7.0", "activation": "SiLU", "nc": 80}
     assert result["startMap50"] > 0.2  # the real COCO-pretrained model, before any training
     assert result["quantized"] and abs(result["sparsity"] - weighted_target(text, "yolov5n", "v7.0")) <= 0.02
@@ -176,8 +202,18 @@ def test_transfer_to_new_classes_resets_only_the_detect_head_and_distills_the_bo
     from sparsify_worker.recipes import render
 
     text = render("yolov5n", "transfer-pruned", "v7.0", 0.3)
-    result = train(TrainConfig(arch="yolov5n", data_dir=dataset, recipe=text,
-                               recipe_variables={**rescaled_variables(text, 2), "distillation_weight": 1.0},
-                               out_dir=tmp_path, batch_size=16, img_size=IMG, workers=0, weights=PRETRAINED))
+    result = train(
+        TrainConfig(
+            arch="yolov5n",
+            data_dir=dataset,
+            recipe=text,
+            recipe_variables={**rescaled_variables(text, 2), "distillation_weight": 1.0},
+            out_dir=tmp_path,
+            batch_size=16,
+            img_size=IMG,
+            workers=0,
+            weights=PRETRAINED,
+        )
+    )
     assert result["model"]["nc"] == 3 and result["startMap50"] is None  # a new head has no accuracy to compare
     assert result["epochs"] == 2 and result["sparsity"] > 0.25

@@ -12,8 +12,9 @@ from sparsify_worker.validate import ValidationError, validate
 from .conftest import recipe
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "weights" / "yolov5n-v7.0.pt"
-needs_shared_weights = pytest.mark.skipif(not SHARED_WEIGHTS.exists(),
-                                          reason=f"the shared COCO-pretrained YOLOv5n checkpoint is absent ({SHARED_WEIGHTS})")
+needs_shared_weights = pytest.mark.skipif(
+    not SHARED_WEIGHTS.exists(), reason=f"the shared COCO-pretrained YOLOv5n checkpoint is absent ({SHARED_WEIGHTS})"
+)
 
 
 def spec(arch="yolov5s", preset="pruned-quantized", **model) -> dict:

@@ -19,8 +19,14 @@ def cpu_info() -> dict:
     from deepsparse.cpu import cpu_architecture
 
     arch = cpu_architecture()
-    return {"isa": arch.get("isa"), "avx512": arch.get("isa") == "avx512", "vnni": bool(arch.get("vnni")),
-            "vendor": arch.get("vendor"), "cores": arch.get("available_num_cores"), "bf16": bool(arch.get("bf16"))}
+    return {
+        "isa": arch.get("isa"),
+        "avx512": arch.get("isa") == "avx512",
+        "vnni": bool(arch.get("vnni")),
+        "vendor": arch.get("vendor"),
+        "cores": arch.get("available_num_cores"),
+        "bf16": bool(arch.get("bf16")),
+    }
 
 
 def native_fraction(model: Path, batch_size: int, cores: int | None) -> float:
@@ -33,12 +39,26 @@ def native_fraction(model: Path, batch_size: int, cores: int | None) -> float:
 def _measure(model: Path, engine: str, batch_size: int, cores: int | None, scenario: str, seconds: int) -> dict:
     from deepsparse.benchmark.benchmark_model import benchmark_model
 
-    res = benchmark_model(str(model), batch_size=batch_size, num_cores=cores, scenario=scenario, time=seconds,
-                          warmup_time=max(1, seconds // 5), engine=engine, quiet=True)
+    res = benchmark_model(
+        str(model),
+        batch_size=batch_size,
+        num_cores=cores,
+        scenario=scenario,
+        time=seconds,
+        warmup_time=max(1, seconds // 5),
+        engine=engine,
+        quiet=True,
+    )
     r = res["benchmark_result"]
-    out = {"imagesPerSecond": round(float(r["items_per_sec"]), 2), "latencyMs": round(float(r["mean"]), 2),
-           "latencyMedianMs": round(float(r.get("median", r["mean"])), 2), "iterations": int(r.get("iterations", 0)),
-           "batchSize": batch_size, "scenario": scenario, "seconds": seconds}
+    out = {
+        "imagesPerSecond": round(float(r["items_per_sec"]), 2),
+        "latencyMs": round(float(r["mean"]), 2),
+        "latencyMedianMs": round(float(r.get("median", r["mean"])), 2),
+        "iterations": int(r.get("iterations", 0)),
+        "batchSize": batch_size,
+        "scenario": scenario,
+        "seconds": seconds,
+    }
     if engine == "deepsparse":
         out["nativeFraction"] = native_fraction(model, batch_size, cores)
     return out
@@ -73,8 +93,16 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def benchmark(model: Path, engines: list[str], batch_size: int, cores: int | None, scenario: str, seconds: int,
-              rounds: int = 1, dense: Path | None = None) -> dict:
+def benchmark(
+    model: Path,
+    engines: list[str],
+    batch_size: int,
+    cores: int | None,
+    scenario: str,
+    seconds: int,
+    rounds: int = 1,
+    dense: Path | None = None,
+) -> dict:
     """Each engine on the model (and on its dense reference when given), in `rounds` interleaved
     rounds: the machine's drift hits both models alike, and the speed-up is measured per round."""
     models = {"sparse": model, **({"dense": dense} if dense else {})}
@@ -84,8 +112,14 @@ def benchmark(model: Path, engines: list[str], batch_size: int, cores: int | Non
             for engine in engines:
                 runs[name][engine].append(run_engine(path, engine, batch_size, cores, scenario, seconds))
     results = {e: summarize(r) for e, r in runs["sparse"].items()}
-    out = {"engines": results, "cpu": cpu_info(), "batchSize": batch_size, "scenario": scenario, "seconds": seconds,
-           "rounds": max(1, rounds)}
+    out = {
+        "engines": results,
+        "cpu": cpu_info(),
+        "batchSize": batch_size,
+        "scenario": scenario,
+        "seconds": seconds,
+        "rounds": max(1, rounds),
+    }
     ds, ort = results.get("deepsparse", {}), results.get("onnxruntime", {})
     if "imagesPerSecond" in ds:
         out["nativeFraction"] = ds.get("nativeFraction")

@@ -150,8 +150,14 @@ def write_summary(summary: dict) -> None:
         summary = {k: v for k, v in summary.items() if k != drop}  # the full record is in S3
         text = json.dumps(summary, separators=(",", ":"), default=str)
     if len(text) > SUMMARY_LIMIT:  # never cut JSON in half: say what matters, in valid JSON
-        text = json.dumps({k: (str(v)[:400] if isinstance(v, str) else v) for k, v in summary.items()
-                           if k in ("stage", "error", "onnx", "checkpoint", "report", "results")}, separators=(",", ":"))
+        text = json.dumps(
+            {
+                k: (str(v)[:400] if isinstance(v, str) else v)
+                for k, v in summary.items()
+                if k in ("stage", "error", "onnx", "checkpoint", "report", "results")
+            },
+            separators=(",", ":"),
+        )
     try:
         _summary_path().write_text(text)
     except OSError:
@@ -168,8 +174,8 @@ def run_validate(st: Stage) -> dict:
     # A sample of images and labels is enough to judge the form; the listing gives the counts.
     objects = st.store.list_detailed(uri)
     base = uri.key.rstrip("/") + "/" if uri.key else ""
-    sample = set(_sample_pairs([o.key[len(base):] for o, _, _ in objects]))
-    st.store.download_tree(uri, root, [o for o in objects if o[0].key[len(base):] in sample])
+    sample = set(_sample_pairs([o.key[len(base) :] for o, _, _ in objects]))
+    st.store.download_tree(uri, root, [o for o in objects if o[0].key[len(base) :] in sample])
     problems = probe_output(st)
     try:
         weights = st.weights_path()
@@ -190,8 +196,10 @@ def probe_output(st: Stage) -> list[str]:
     try:
         st.store.put_bytes(b"sparsify-worker write probe", probe, "text/plain")
     except S3Error as e:
-        return [f"the output location {st.out} cannot be written ({e}): check output.bucket exists and that the run's credentials "
-                "may s3:PutObject under it"]
+        return [
+            f"the output location {st.out} cannot be written ({e}): check output.bucket exists and that the run's credentials "
+            "may s3:PutObject under it"
+        ]
     try:
         st.store.delete(probe)
     except S3Error as e:  # writing is what a run needs; deleting is not
@@ -250,19 +258,34 @@ def run_train(st: Stage) -> dict:
         st.store.upload(last, ckpts.join("last.pt"))  # last: a resume always finds a complete best.pt
 
     cfg = TrainConfig(
-        arch=model.arch, layout=model.layout, activation=model.activation,
-        data_dir=data_dir, recipe=text, recipe_variables=st.recipe_variables(text),
-        out_dir=st.work / "train", batch_size=int(os.environ.get("SPARSIFY_BATCH_SIZE") or tr.get("batchSize", 16)),
-        img_size=int(tr.get("imgSize", 640)), workers=min(4, os.cpu_count() or 1), weights=weights, resume_from=resume,
-        on_checkpoint=publish_checkpoint, run_uid=os.environ.get("SPARSIFY_UID", ""),
+        arch=model.arch,
+        layout=model.layout,
+        activation=model.activation,
+        data_dir=data_dir,
+        recipe=text,
+        recipe_variables=st.recipe_variables(text),
+        out_dir=st.work / "train",
+        batch_size=int(os.environ.get("SPARSIFY_BATCH_SIZE") or tr.get("batchSize", 16)),
+        img_size=int(tr.get("imgSize", 640)),
+        workers=min(4, os.cpu_count() or 1),
+        weights=weights,
+        resume_from=resume,
+        on_checkpoint=publish_checkpoint,
+        run_uid=os.environ.get("SPARSIFY_UID", ""),
     )
     result = train(cfg)
     result.pop("rankDigests", None)  # checked between the ranks after every epoch; not for the summary
     if rank != 0:
         sys.exit(0)  # rank 0 reports for the pod
-    return {"stage": "train", **result, "resumed": resume is not None, "recipeUri": str(st.out.join("recipe.yaml")),
-            "checkpoint": str(ckpts.join("best.pt")), "lastCheckpoint": str(ckpts.join("last.pt")),
-            "history": result["history"][-3:]}
+    return {
+        "stage": "train",
+        **result,
+        "resumed": resume is not None,
+        "recipeUri": str(st.out.join("recipe.yaml")),
+        "checkpoint": str(ckpts.join("best.pt")),
+        "lastCheckpoint": str(ckpts.join("last.pt")),
+        "history": result["history"][-3:],
+    }
 
 
 def run_export(st: Stage) -> dict:
@@ -271,8 +294,9 @@ def run_export(st: Stage) -> dict:
     best = st.inputs.get("train", {}).get("checkpoint") or str(st.out.join("checkpoints", "best.pt"))
     local = st.store.download(best, st.work / "export" / "best.pt")
     ex = st.spec.get("export", {})
-    result = export(local, st.work / "export" / "onnx", int(ex.get("imgSize", 640)), int(ex.get("opset", 13)),
-                    bool(ex.get("dynamicBatch", True)))
+    result = export(
+        local, st.work / "export" / "onnx", int(ex.get("imgSize", 640)), int(ex.get("opset", 13)), bool(ex.get("dynamicBatch", True))
+    )
     onnx_uri = st.store.upload(Path(result.pop("onnxPath")), st.out.join("model.onnx"))
     return {"stage": "export", "onnx": onnx_uri, **result}
 
@@ -286,9 +310,16 @@ def run_benchmark(st: Stage) -> dict:
     local = st.store.download(onnx_uri, st.work / "bench" / "model.onnx")
     b = st.spec.get("benchmark", {})
     dense = dense_reference(st, local) if b.get("compareDense", True) else None
-    result = benchmark(local, list(b.get("engines", ["deepsparse", "onnxruntime"])), int(b.get("batchSize", 64)),
-                       b.get("cores"), b.get("scenario", "sync"), int(b.get("durationSeconds", 30)), int(b.get("rounds", 3)),
-                       Path(dense.pop("onnxPath")) if dense else None)
+    result = benchmark(
+        local,
+        list(b.get("engines", ["deepsparse", "onnxruntime"])),
+        int(b.get("batchSize", 64)),
+        b.get("cores"),
+        b.get("scenario", "sync"),
+        int(b.get("durationSeconds", 30)),
+        int(b.get("rounds", 3)),
+        Path(dense.pop("onnxPath")) if dense else None,
+    )
     result["node"] = os.environ.get("NODE_NAME", "")
     if dense:
         result["dense"] = {**dense, "engines": result.pop("denseEngines")}
@@ -307,8 +338,11 @@ def run_benchmark(st: Stage) -> dict:
         raise RuntimeError("; ".join(result["engines"][e]["error"] for e in failed))
     summary = {"stage": "benchmark", **result, "report": report, "details": str(st.out.join("benchmark.json"))}
     if "dense" in result:  # the termination message stays small: the full record is benchmark.json
-        summary["dense"] = {"map50": result["dense"]["map50"], "sizeGzipBytes": result["dense"]["sizeGzipBytes"],
-                            "imagesPerSecond": {e: r.get("imagesPerSecond") for e, r in result["dense"]["engines"].items()}}
+        summary["dense"] = {
+            "map50": result["dense"]["map50"],
+            "sizeGzipBytes": result["dense"]["sizeGzipBytes"],
+            "imagesPerSecond": {e: r.get("imagesPerSecond") for e, r in result["dense"]["engines"].items()},
+        }
     return summary
 
 
@@ -319,8 +353,12 @@ def judge(result: dict, inputs: dict, ops: set[str]) -> list[dict]:
     out = [verdicts.native(result.get("nativeFraction"), ops, result.get("cpu"))]
     dense = result.get("dense") or {}
     sparse_ds = result["engines"].get("deepsparse", {}).get("imagesPerSecond")
-    fast = verdicts.speed(sparse_ds, {e: r.get("imagesPerSecond") for e, r in (dense.get("engines") or {}).items()}, result.get("cpu"),
-                          result.get("speedupRounds"))
+    fast = verdicts.speed(
+        sparse_ds,
+        {e: r.get("imagesPerSecond") for e, r in (dense.get("engines") or {}).items()},
+        result.get("cpu"),
+        result.get("speedupRounds"),
+    )
     if fast:
         out.append(fast)
     if dense:
@@ -357,10 +395,19 @@ def dense_reference(st: Stage, sparse_onnx: Path) -> dict:
             map50 = st.inputs.get("train", {}).get("startMap50")
     ckpt_path = dense_checkpoint(spec, st.work / "bench" / "dense.pt", weights, map50)
     ex = st.spec.get("export", {})
-    info = export(ckpt_path, st.work / "bench" / "dense", int(exported.get("imgSize") or ex.get("imgSize", 640)),
-                  int(exported.get("opset") or ex.get("opset", 13)))
-    return {"source": source, "map50": map50, "sizeBytes": info["sizeBytes"], "sizeGzipBytes": info["sizeGzipBytes"],
-            "onnxPath": info["onnxPath"]}
+    info = export(
+        ckpt_path,
+        st.work / "bench" / "dense",
+        int(exported.get("imgSize") or ex.get("imgSize", 640)),
+        int(exported.get("opset") or ex.get("opset", 13)),
+    )
+    return {
+        "source": source,
+        "map50": map50,
+        "sizeBytes": info["sizeBytes"],
+        "sizeGzipBytes": info["sizeGzipBytes"],
+        "onnxPath": info["onnxPath"],
+    }
 
 
 def run_publish(st: Stage) -> dict:
@@ -451,9 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     md.add_argument("--size", type=int, default=160)
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--upload", help="s3://bucket/prefix to upload it to")
-    md.add_argument("--from", dest="source", type=Path,
-                    help="split this YOLO dataset (e.g. coco128) instead of generating one: the first --train images train, the next --val validate")
-    sup = sub.add_parser("supervise", help="run the training launcher (torchrun ... -- sparsify-worker train) and map its outcome to an exit code")
+    md.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="split this YOLO dataset (e.g. coco128) instead of generating one: the first --train images train, the next --val validate",
+    )
+    sup = sub.add_parser(
+        "supervise", help="run the training launcher (torchrun ... -- sparsify-worker train) and map its outcome to an exit code"
+    )
     sup.add_argument("launcher", nargs=argparse.REMAINDER)
     rec = sub.add_parser("recipe", help="print a preset recipe as a run would use it")
     rec.add_argument("--arch", required=True)
@@ -485,8 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         gpu_oom = is_gpu_oom(e)
         problems = getattr(e, "problems", None)
         _report_outcome({"error": f"{type(e).__name__}: {e}"[:400], "gpuOom": gpu_oom})
-        write_summary({"stage": args.stage, "error": f"{type(e).__name__}: {e}", **({"reason": "GPUOutOfMemory"} if gpu_oom else {}),
-                       **({"problems": problems} if problems else {})})
+        write_summary(
+            {
+                "stage": args.stage,
+                "error": f"{type(e).__name__}: {e}",
+                **({"reason": "GPUOutOfMemory"} if gpu_oom else {}),
+                **({"problems": problems} if problems else {}),
+            }
+        )
         return EXIT_GPU_OOM if gpu_oom else 1
     _report_outcome({"ok": True})
     write_summary(summary)

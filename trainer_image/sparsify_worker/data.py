@@ -38,19 +38,93 @@ def generate(root: Path, train: int = 64, val: int = 16, size: int = 160, seed: 
                 lines.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
             img.save(root / "images" / split / f"{i:05d}.jpg", quality=92)
             (root / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
-    (root / "data.yaml").write_text(yaml.safe_dump(
-        {"path": ".", "train": "images/train", "val": "images/val", "nc": 3, "names": list(SHAPES)}, sort_keys=False))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val", "nc": 3, "names": list(SHAPES)}, sort_keys=False)
+    )
     return root
 
 
 COCO_NAMES = (  # the 80 COCO class names, in the order of the class ids YOLO labels use
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light", "fire hydrant",
-    "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe",
-    "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
-    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
-    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave",
-    "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 
 
@@ -61,15 +135,16 @@ def split(source: Path, root: Path, train: int, val: int, names: tuple[str, ...]
     images = sorted(p for p in (source / "images").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if len(images) < train + val:
         raise ValueError(f"{source} has {len(images)} images, fewer than {train} + {val}")
-    for split_name, chosen in (("train", images[:train]), ("val", images[train:train + val])):
+    for split_name, chosen in (("train", images[:train]), ("val", images[train : train + val])):
         (root / "images" / split_name).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split_name).mkdir(parents=True, exist_ok=True)
         for img in chosen:
             shutil.copyfile(img, root / "images" / split_name / img.name)
             label = source / "labels" / img.parent.name / f"{img.stem}.txt"
             (root / "labels" / split_name / f"{img.stem}.txt").write_text(label.read_text() if label.exists() else "")
-    (root / "data.yaml").write_text(yaml.safe_dump(
-        {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": list(names)}, sort_keys=False))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": list(names)}, sort_keys=False)
+    )
     return root
 
 

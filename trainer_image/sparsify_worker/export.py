@@ -34,10 +34,25 @@ def dense_checkpoint(model_spec: ModelSpec, path: Path, weights: Weights | None 
     if weights is not None:
         load_into(model, weights)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": 0, "arch": model_spec.arch,
-                "layout": model_spec.layout, "activation": model_spec.activation, "nc": model_spec.nc,
-                "names": [str(i) for i in range(model_spec.nc)], "recipe": render(model_spec.arch, "baseline", model_spec.layout),
-                "recipe_variables": {}, "model": model.state_dict(), "ema": None, "sparsity": 0.0, "best_map50": map50}, path)
+    torch.save(
+        {
+            "format": "sparsify-worker",
+            "version": CHECKPOINT_VERSION,
+            "epoch": 0,
+            "arch": model_spec.arch,
+            "layout": model_spec.layout,
+            "activation": model_spec.activation,
+            "nc": model_spec.nc,
+            "names": [str(i) for i in range(model_spec.nc)],
+            "recipe": render(model_spec.arch, "baseline", model_spec.layout),
+            "recipe_variables": {},
+            "model": model.state_dict(),
+            "ema": None,
+            "sparsity": 0.0,
+            "best_map50": map50,
+        },
+        path,
+    )
     return path
 
 
@@ -62,8 +77,7 @@ def export_friendly_activations(model) -> int:
     return count
 
 
-def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13, dynamic_batch: bool = True,
-           check_batch: int = 2) -> dict:
+def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13, dynamic_batch: bool = True, check_batch: int = 2) -> dict:
     yolo_env.prepare()
     import numpy as np
     import onnxruntime as ort
@@ -99,15 +113,25 @@ def export(checkpoint: Path, out_dir: Path, img_size: int = 640, opset: int = 13
     box_diff = float(np.abs(got[..., :4] - want[..., :4]).mean() / img_size)
     kind = "int8" if quantized else "fp32"
     if max(prob_diff, box_diff) > TOLERANCE[kind]:
-        raise ValueError(f"ONNX output differs from PyTorch beyond tolerance ({kind}): probabilities {prob_diff:.4f}, "
-                         f"boxes {box_diff:.4f} (limit {TOLERANCE[kind]})")
+        raise ValueError(
+            f"ONNX output differs from PyTorch beyond tolerance ({kind}): probabilities {prob_diff:.4f}, "
+            f"boxes {box_diff:.4f} (limit {TOLERANCE[kind]})"
+        )
     raw, gz = sizes(path)
     onnx_sparsity, quantized_convs = weight_sparsity(path)
     return {
-        "onnxPath": str(path), "opset": opset, "quantized": quantized, "quantizedConvs": quantized_convs,
-        "sizeBytes": raw, "sizeGzipBytes": gz, "sparsity": round(onnx_sparsity, 4),
-        "checkpointSparsity": round(float(ckpt.get("sparsity", 0.0)), 4), "dynamicBatch": dynamic_batch,
+        "onnxPath": str(path),
+        "opset": opset,
+        "quantized": quantized,
+        "quantizedConvs": quantized_convs,
+        "sizeBytes": raw,
+        "sizeGzipBytes": gz,
+        "sparsity": round(onnx_sparsity, 4),
+        "checkpointSparsity": round(float(ckpt.get("sparsity", 0.0)), 4),
+        "dynamicBatch": dynamic_batch,
         "maxDiff": {"probabilities": round(prob_diff, 5), "boxes": round(box_diff, 5), "tolerance": TOLERANCE[kind]},
-        "map50": ckpt.get("best_map50"), "imgSize": img_size, "numClasses": ckpt["nc"],
+        "map50": ckpt.get("best_map50"),
+        "imgSize": img_size,
+        "numClasses": ckpt["nc"],
         "model": {"arch": ckpt["arch"], "layout": ckpt.get("layout", "v5.0"), "activation": ckpt.get("activation", "Hardswish")},
     }

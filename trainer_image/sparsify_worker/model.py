@@ -21,13 +21,16 @@ ACTIVATIONS = {"Hardswish": "nn.Hardswish()", "SiLU": "nn.SiLU()"}
 LAYOUTS = ("v5.0", "v7.0")
 ARCHS = {"v5.0": ("yolov5s", "yolov5l"), "v7.0": ("yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x")}
 SCALES = {  # (depth_multiple, width_multiple): what identifies a model in a checkpoint
-    "yolov5n": (0.33, 0.25), "yolov5s": (0.33, 0.50), "yolov5m": (0.67, 0.75), "yolov5l": (1.0, 1.0), "yolov5x": (1.33, 1.25),
+    "yolov5n": (0.33, 0.25),
+    "yolov5s": (0.33, 0.50),
+    "yolov5m": (0.67, 0.75),
+    "yolov5l": (1.0, 1.0),
+    "yolov5x": (1.33, 1.25),
 }
 # Without weights, each layout's own activation: the seed trained Hardswish v5.0 models (and
 # export writes Hardswish in the form DeepSparse runs natively); v6/v7 models are SiLU.
 DEFAULT_ACTIVATION = {"v5.0": "Hardswish", "v7.0": "SiLU"}
-LAYOUT_TEXT = {"v5.0": "v5.0 layout (Focus stem, C3, SPP)",
-               "v7.0": "v7.0 layout (Ultralytics v6.x/v7.0: 6x6 stride-2 stem conv, C3, SPPF)"}
+LAYOUT_TEXT = {"v5.0": "v5.0 layout (Focus stem, C3, SPP)", "v7.0": "v7.0 layout (Ultralytics v6.x/v7.0: 6x6 stride-2 stem conv, C3, SPPF)"}
 
 
 @dataclass(frozen=True)

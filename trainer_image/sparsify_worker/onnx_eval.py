@@ -49,8 +49,9 @@ def _detector(path: Path, names: list[str], engine: str):
     return OnnxDetector()
 
 
-def evaluate_onnx(path: Path, data: dict, img_size: int, batch: int = 16, engine: str = "onnxruntime",
-                  save_dir: Path | None = None) -> tuple[float, float]:
+def evaluate_onnx(
+    path: Path, data: dict, img_size: int, batch: int = 16, engine: str = "onnxruntime", save_dir: Path | None = None
+) -> tuple[float, float]:
     """(mAP@0.5, mAP@0.5:0.95) of the ONNX model on data['val']."""
     yolo_env.prepare()
     import tempfile
@@ -63,6 +64,15 @@ def evaluate_onnx(path: Path, data: dict, img_size: int, batch: int = 16, engine
     save_dir = save_dir or Path(tempfile.mkdtemp(prefix="onnx-eval-"))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         loader = create_dataloader(data["val"], img_size, batch, 32, hyp=hyperparameters(), rect=False, rank=-1, workers=0, pad=0.0)[0]
-        out = val.run(data=data, batch_size=batch, imgsz=img_size, model=_detector(path, data["names"], engine), dataloader=loader,
-                      half=False, plots=False, save_dir=save_dir, verbose=False)
+        out = val.run(
+            data=data,
+            batch_size=batch,
+            imgsz=img_size,
+            model=_detector(path, data["names"], engine),
+            dataloader=loader,
+            half=False,
+            plots=False,
+            save_dir=save_dir,
+            verbose=False,
+        )
     return float(out[0][2]), float(out[0][3])

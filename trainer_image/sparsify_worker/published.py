@@ -48,22 +48,22 @@ LAYER_GROUPS = {
     "yolov5s": {
         "none": "2.cv1 2.cv2 2.cv3 2.m.0.cv1 24.m.0 24.m.1 24.m.2",
         "low": "1 2.m.0.cv2 4.cv1 4.cv2 4.cv3 4.m.0.cv1 4.m.1.cv1 4.m.2.cv1 6.cv1 6.cv2 6.cv3 6.m.0.cv1 6.m.1.cv1 6.m.2.cv1 "
-               "8.cv1 13.m.0.cv1 17.m.0.cv1",
+        "8.cv1 13.m.0.cv1 17.m.0.cv1",
         "mid": "3 4.m.0.cv2 4.m.1.cv2 4.m.2.cv2 5 6.m.0.cv2 6.m.1.cv2 6.m.2.cv2 9.cv1 9.cv2 9.cv3 9.m.0.cv1 10 13.cv1 13.cv2 "
-               "13.cv3 14 17.cv1 17.cv3 17.m.0.cv2 20.cv1 20.m.0.cv1 23.cv1 23.m.0.cv1",
+        "13.cv3 14 17.cv1 17.cv3 17.m.0.cv2 20.cv1 20.m.0.cv1 23.cv1 23.m.0.cv1",
         "high": "7 8.cv2 9.m.0.cv2 13.m.0.cv2 17.cv2 18 20.cv2 20.cv3 20.m.0.cv2 21 23.cv2 23.cv3 23.m.0.cv2",
     },
     "yolov5l": {
         "none": "2.cv1 2.cv3 2.m.0.cv1 2.m.1.cv1 2.m.2.cv1 24.m.0 24.m.1 24.m.2",
         "low": "1 2.cv2 2.m.0.cv2 2.m.1.cv2 2.m.2.cv2 4.cv1 4.cv2 4.cv3 4.m.0.cv1 4.m.1.cv1 4.m.2.cv1 4.m.3.cv1 4.m.4.cv1 "
-               "4.m.5.cv1 4.m.6.cv1 4.m.7.cv1 4.m.8.cv1 6.cv1 6.cv3 6.m.0.cv1 6.m.1.cv1 6.m.2.cv1 6.m.3.cv1 6.m.4.cv1 6.m.5.cv1 "
-               "6.m.6.cv1 6.m.7.cv1 6.m.8.cv1 8.cv1 9.cv1 9.m.0.cv1 9.m.1.cv1 9.m.2.cv1 13.cv1 13.m.0.cv1 13.m.1.cv1 13.m.2.cv1 "
-               "17.cv1 17.m.0.cv1 17.m.1.cv1 17.m.2.cv1 20.cv1 20.m.0.cv1 20.m.1.cv1 23.cv1 23.m.0.cv1 23.m.1.cv1 23.m.2.cv1",
+        "4.m.5.cv1 4.m.6.cv1 4.m.7.cv1 4.m.8.cv1 6.cv1 6.cv3 6.m.0.cv1 6.m.1.cv1 6.m.2.cv1 6.m.3.cv1 6.m.4.cv1 6.m.5.cv1 "
+        "6.m.6.cv1 6.m.7.cv1 6.m.8.cv1 8.cv1 9.cv1 9.m.0.cv1 9.m.1.cv1 9.m.2.cv1 13.cv1 13.m.0.cv1 13.m.1.cv1 13.m.2.cv1 "
+        "17.cv1 17.m.0.cv1 17.m.1.cv1 17.m.2.cv1 20.cv1 20.m.0.cv1 20.m.1.cv1 23.cv1 23.m.0.cv1 23.m.1.cv1 23.m.2.cv1",
         "mid": "3 4.m.0.cv2 4.m.1.cv2 4.m.2.cv2 4.m.3.cv2 4.m.4.cv2 4.m.5.cv2 4.m.6.cv2 4.m.7.cv2 4.m.8.cv2 5 6.cv2 6.m.0.cv2 "
-               "6.m.1.cv2 6.m.2.cv2 6.m.3.cv2 6.m.4.cv2 6.m.5.cv2 6.m.6.cv2 6.m.7.cv2 6.m.8.cv2 8.cv2 9.cv2 9.cv3 10 13.cv2 13.cv3 "
-               "13.m.0.cv2 13.m.1.cv2 13.m.2.cv2 14 17.cv2 17.cv3 17.m.1.cv2 17.m.2.cv2 20.cv2 20.cv3 20.m.2.cv1",
+        "6.m.1.cv2 6.m.2.cv2 6.m.3.cv2 6.m.4.cv2 6.m.5.cv2 6.m.6.cv2 6.m.7.cv2 6.m.8.cv2 8.cv2 9.cv2 9.cv3 10 13.cv2 13.cv3 "
+        "13.m.0.cv2 13.m.1.cv2 13.m.2.cv2 14 17.cv2 17.cv3 17.m.1.cv2 17.m.2.cv2 20.cv2 20.cv3 20.m.2.cv1",
         "high": "7 9.m.0.cv2 9.m.1.cv2 9.m.2.cv2 17.m.0.cv2 18 20.m.0.cv2 20.m.1.cv2 20.m.2.cv2 21 23.cv2 23.cv3 23.m.0.cv2 "
-                "23.m.1.cv2 23.m.2.cv2",
+        "23.m.1.cv2 23.m.2.cv2",
     },
 }
 

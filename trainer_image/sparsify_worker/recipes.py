@@ -23,9 +23,23 @@ import yaml
 
 from .model import ARCHS, SCALES, default_layout
 from .published import (
-    BASELINE_EPOCHS, BIASES_WARMUP_LR, FINAL_LR, GROUPS, INIT_LR, INIT_SPARSITY, PRUNE_END, PRUNE_START, SEED_RECIPES,
-    TRANSFER_BIASES_WARMUP_LR, TRANSFER_EPOCHS, TRANSFER_FINAL_LR, TRANSFER_INIT_LR, TRANSFER_WARMUP, WARMUP_EPOCHS,
-    WEIGHTS_WARMUP_LR, layer_groups,
+    BASELINE_EPOCHS,
+    BIASES_WARMUP_LR,
+    FINAL_LR,
+    GROUPS,
+    INIT_LR,
+    INIT_SPARSITY,
+    PRUNE_END,
+    PRUNE_START,
+    SEED_RECIPES,
+    TRANSFER_BIASES_WARMUP_LR,
+    TRANSFER_EPOCHS,
+    TRANSFER_FINAL_LR,
+    TRANSFER_INIT_LR,
+    TRANSFER_WARMUP,
+    WARMUP_EPOCHS,
+    WEIGHTS_WARMUP_LR,
+    layer_groups,
 )
 
 KINDS = ("baseline", "pruned", "pruned-quantized", "transfer-baseline", "transfer-pruned", "transfer-pruned-quantized")
@@ -67,8 +81,13 @@ class _TagTolerantLoader(yaml.SafeLoader):
 
 
 _TagTolerantLoader.add_multi_constructor(
-    "!", lambda loader, suffix, node: {"__modifier__": suffix, **loader.construct_mapping(node, deep=True)}
-    if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node))
+    "!",
+    lambda loader, suffix, node: (
+        {"__modifier__": suffix, **loader.construct_mapping(node, deep=True)}
+        if isinstance(node, yaml.MappingNode)
+        else loader.construct_scalar(node)
+    ),
+)
 
 
 def parse_recipe_yaml(text: str) -> dict:
@@ -153,7 +172,7 @@ def assign_groups(arch: str, layout: str, params: list[str]) -> dict[str, list[s
             m = re.search(r"\.m\.(\d+)\.", ref)
             if not m or m.group(1) == "0":
                 raise RecipeError(f"no published sensitivity group for {name} ({arch}, {layout} layout)")
-            ref = ref[:m.start()] + f".m.{int(m.group(1)) - 1}." + ref[m.end():]
+            ref = ref[: m.start()] + f".m.{int(m.group(1)) - 1}." + ref[m.end() :]
         groups[table[ref]].append(name)
     return {g: sorted(v, key=_layer_order) for g, v in groups.items()}
 
@@ -190,18 +209,26 @@ def render(arch: str, preset: str, layout: str | None = None, target_sparsity: f
     named_arch, kind = split_preset(preset)
     layout = layout or default_layout(arch)
     if named_arch and named_arch != arch:
-        raise RecipeError(f"the preset {preset} is written for {named_arch} but the model is {arch}; recipes are not "
-                          f"interchangeable between model versions (use {arch}-{kind} or just {kind})")
+        raise RecipeError(
+            f"the preset {preset} is written for {named_arch} but the model is {arch}; recipes are not "
+            f"interchangeable between model versions (use {arch}-{kind} or just {kind})"
+        )
     if arch not in ARCHS.get(layout, ()):
         raise RecipeError(f"{arch} does not exist in the {layout} layout")
     if kind in SEED_KINDS and (layout != "v5.0" or (arch, kind) not in SEED_RECIPES):
-        raise RecipeError(f"the seed's {kind} preset is published for the v5.0 layout of yolov5s and yolov5l only; for "
-                          f"{arch} in the {layout} layout start from your weights with transfer-{kind}")
+        raise RecipeError(
+            f"the seed's {kind} preset is published for the v5.0 layout of yolov5s and yolov5l only; for "
+            f"{arch} in the {layout} layout start from your weights with transfer-{kind}"
+        )
     if target_sparsity is not None and kind not in ("transfer-pruned", "transfer-pruned-quantized"):
         raise RecipeError(f"targetSparsity applies to the transfer-pruned presets only, not to {kind}")
     name = f"{arch}-{kind}"
-    head = [f"# {name}: rendered by sparsify-worker for {arch} in the {layout} layout (see recipes.py for the sources).",
-            "version: 1.1.0", f"target_arch: {arch}", f"target_layout: '{layout}'"]
+    head = [
+        f"# {name}: rendered by sparsify-worker for {arch} in the {layout} layout (see recipes.py for the sources).",
+        "version: 1.1.0",
+        f"target_arch: {arch}",
+        f"target_layout: '{layout}'",
+    ]
     quantized = kind.endswith("pruned-quantized")
     pruned = kind.endswith("pruned") or quantized
     if kind in TRANSFER_KINDS:
@@ -222,8 +249,14 @@ def render(arch: str, preset: str, layout: str | None = None, target_sparsity: f
         mask = "[1, 4]" if pub and pub.mask == "block4" else "unstructured"
         cosine_end = "qat_start_epoch" if quantized else "num_epochs"  # then the fixed QAT LR (see README)
     init_lr, final_lr, biases_warmup_lr, warmup = lr
-    head += [f"num_epochs: {epochs}", f"warmup_epochs: {warmup}", f"init_lr: {init_lr}", f"final_lr: {final_lr}",
-             f"weights_warmup_lr: {WEIGHTS_WARMUP_LR}", f"biases_warmup_lr: {biases_warmup_lr}"]
+    head += [
+        f"num_epochs: {epochs}",
+        f"warmup_epochs: {warmup}",
+        f"init_lr: {init_lr}",
+        f"final_lr: {final_lr}",
+        f"weights_warmup_lr: {WEIGHTS_WARMUP_LR}",
+        f"biases_warmup_lr: {biases_warmup_lr}",
+    ]
     groups: dict[str, list[str]] = {}
     if pruned:
         params = prunable_params(arch, layout)
@@ -242,27 +275,57 @@ def render(arch: str, preset: str, layout: str | None = None, target_sparsity: f
         head.append(f"qat_start_epoch: {qat_start}")
         if kind in SEED_KINDS:
             head.append(f"qat_lr: {SEED_RECIPES[(arch, kind)].qat_lr}")
-    body = ["", "training_modifiers:",
-            "  - !EpochRangeModifier", "    start_epoch: 0.0", "    end_epoch: eval(num_epochs)",
-            # optimizer param groups: 0 batch-norm weights, 1 conv weights, 2 biases (train.py)
-            "  - !LearningRateFunctionModifier", "    start_epoch: 0.0", "    end_epoch: eval(warmup_epochs)",
-            "    lr_func: linear", "    init_lr: eval(weights_warmup_lr)", "    final_lr: eval(init_lr)", "    param_groups: [0, 1]",
-            "  - !LearningRateFunctionModifier", "    start_epoch: 0.0", "    end_epoch: eval(warmup_epochs)",
-            "    lr_func: linear", "    init_lr: eval(biases_warmup_lr)", "    final_lr: eval(init_lr)", "    param_groups: [2]",
-            "  - !LearningRateFunctionModifier", "    start_epoch: eval(warmup_epochs)", f"    end_epoch: eval({cosine_end})",
-            "    lr_func: cosine", "    init_lr: eval(init_lr)", "    final_lr: eval(final_lr)"]
+    body = [
+        "",
+        "training_modifiers:",
+        "  - !EpochRangeModifier",
+        "    start_epoch: 0.0",
+        "    end_epoch: eval(num_epochs)",
+        # optimizer param groups: 0 batch-norm weights, 1 conv weights, 2 biases (train.py)
+        "  - !LearningRateFunctionModifier",
+        "    start_epoch: 0.0",
+        "    end_epoch: eval(warmup_epochs)",
+        "    lr_func: linear",
+        "    init_lr: eval(weights_warmup_lr)",
+        "    final_lr: eval(init_lr)",
+        "    param_groups: [0, 1]",
+        "  - !LearningRateFunctionModifier",
+        "    start_epoch: 0.0",
+        "    end_epoch: eval(warmup_epochs)",
+        "    lr_func: linear",
+        "    init_lr: eval(biases_warmup_lr)",
+        "    final_lr: eval(init_lr)",
+        "    param_groups: [2]",
+        "  - !LearningRateFunctionModifier",
+        "    start_epoch: eval(warmup_epochs)",
+        f"    end_epoch: eval({cosine_end})",
+        "    lr_func: cosine",
+        "    init_lr: eval(init_lr)",
+        "    final_lr: eval(final_lr)",
+    ]
     if pruned:
         body += ["", "pruning_modifiers:"]
         for group, params in groups.items():
             if not params:
                 continue
             body += ["  - !GMPruningModifier", "    params:"] + [f"      - {p}" for p in params]
-            body += [f"    init_sparsity: {INIT_SPARSITY}", f"    final_sparsity: eval(sparsity_{group})",
-                     "    start_epoch: eval(pruning_start_epoch)", "    end_epoch: eval(pruning_end_epoch)",
-                     "    update_frequency: eval(pruning_update_frequency)", f"    mask_type: {mask}", "    inter_func: cubic"]
+            body += [
+                f"    init_sparsity: {INIT_SPARSITY}",
+                f"    final_sparsity: eval(sparsity_{group})",
+                "    start_epoch: eval(pruning_start_epoch)",
+                "    end_epoch: eval(pruning_end_epoch)",
+                "    update_frequency: eval(pruning_update_frequency)",
+                f"    mask_type: {mask}",
+                "    inter_func: cubic",
+            ]
     if quantized:
-        body += ["", "quantization_modifiers:", "  - !QuantizationModifier", "    start_epoch: eval(qat_start_epoch)",
-                 "    submodules:"] + [f"      - model.{i}" for i in range(24)]
+        body += [
+            "",
+            "quantization_modifiers:",
+            "  - !QuantizationModifier",
+            "    start_epoch: eval(qat_start_epoch)",
+            "    submodules:",
+        ] + [f"      - model.{i}" for i in range(24)]
         if kind in SEED_KINDS:
             body += ["  - !SetLearningRateModifier", "    start_epoch: eval(qat_start_epoch)", "    learning_rate: eval(qat_lr)"]
     return "\n".join(head + body) + "\n"

@@ -56,8 +56,13 @@ def client(endpoint: str | None = None, region: str | None = None):
     from botocore.config import Config
 
     endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    cfg = Config(retries={"max_attempts": 5, "mode": "adaptive"}, connect_timeout=10, read_timeout=120, max_pool_connections=TREE_WORKERS,
-                 s3={"addressing_style": "path" if endpoint else "auto"})
+    cfg = Config(
+        retries={"max_attempts": 5, "mode": "adaptive"},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=TREE_WORKERS,
+        s3={"addressing_style": "path" if endpoint else "auto"},
+    )
     return boto3.client("s3", endpoint_url=endpoint, region_name=region or os.environ.get("AWS_REGION", "us-east-1"), config=cfg)
 
 
@@ -122,8 +127,10 @@ class Store:
     def put_bytes(self, data: bytes, uri: S3Uri | str, content_type: str = "application/json") -> str:
         uri = S3Uri.parse(uri) if isinstance(uri, str) else uri
         digest = hashlib.sha256(data).hexdigest()
-        with_retries(lambda: self.s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type,
-                                                Metadata={"sha256": digest}), f"put {uri}")
+        with_retries(
+            lambda: self.s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type, Metadata={"sha256": digest}),
+            f"put {uri}",
+        )
         return str(uri)
 
     def download(self, uri: S3Uri | str, path: Path) -> Path:
@@ -150,7 +157,11 @@ class Store:
             with_retries(lambda: self.s3.head_object(Bucket=uri.bucket, Key=uri.key), f"head {uri}")
             return True
         except S3Error as e:
-            if isinstance(e.__cause__, ClientError) and str(e.__cause__.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            if isinstance(e.__cause__, ClientError) and str(e.__cause__.response.get("Error", {}).get("Code")) in (
+                "404",
+                "NoSuchKey",
+                "NotFound",
+            ):
                 return False
             raise
 
@@ -188,8 +199,9 @@ class Store:
         os.replace(tmp, path)
         return path
 
-    def download_tree(self, prefix: S3Uri | str, root: Path, objects: list[tuple[S3Uri, int, str]] | None = None,
-                      workers: int = TREE_WORKERS) -> Path:
+    def download_tree(
+        self, prefix: S3Uri | str, root: Path, objects: list[tuple[S3Uri, int, str]] | None = None, workers: int = TREE_WORKERS
+    ) -> Path:
         """Everything under the prefix, TREE_WORKERS objects at a time (a dataset is many small
         files: one at a time, latency alone would take hours for COCO's ~240k)."""
         from concurrent.futures import ThreadPoolExecutor
@@ -202,7 +214,7 @@ class Store:
 
         def one(item: tuple[S3Uri, int, str]) -> None:
             obj, size, _ = item
-            rel = obj.key[len(base):]
+            rel = obj.key[len(base) :]
             if rel and not rel.endswith("/"):
                 (self.download if size > MULTIPART_THRESHOLD else self.fetch_small)(obj, root / rel)
 

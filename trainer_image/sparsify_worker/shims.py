@@ -47,6 +47,7 @@ def apply() -> list[str]:
 
     base = qs.torch_quantization.QConfig
     if qconfig_needs_shim(base):
+
         class QConfig(base):  # no __slots__: instances get a __dict__ again
             pass
 

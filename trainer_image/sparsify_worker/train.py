@@ -171,8 +171,17 @@ def evaluate(model, data: dict, loader, img_size: int, batch: int, save_dir: Pat
 
     save_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):
-        out = val.run(data=data, batch_size=batch, imgsz=img_size, model=model, dataloader=loader,
-                      half=False, plots=False, save_dir=save_dir, verbose=False)
+        out = val.run(
+            data=data,
+            batch_size=batch,
+            imgsz=img_size,
+            model=model,
+            dataloader=loader,
+            half=False,
+            plots=False,
+            save_dir=save_dir,
+            verbose=False,
+        )
     return float(out[0][2]), float(out[0][3])  # out[0] = (P, R, mAP@0.5, mAP@0.5:0.95, losses...)
 
 
@@ -289,8 +298,10 @@ def train(cfg: TrainConfig) -> dict:
     recipe, variables = cfg.recipe, dict(cfg.recipe_variables or {})
     ckpt = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
     if ckpt and cfg.run_uid and ckpt.get("run_uid") != cfg.run_uid:
-        raise ValueError(f"{cfg.resume_from} belongs to another run (uid {ckpt.get('run_uid') or 'not recorded'}, this run is "
-                         f"{cfg.run_uid}): refusing to resume from it")
+        raise ValueError(
+            f"{cfg.resume_from} belongs to another run (uid {ckpt.get('run_uid') or 'not recorded'}, this run is "
+            f"{cfg.run_uid}): refusing to resume from it"
+        )
     if ckpt and (ckpt["recipe"], ckpt.get("recipe_variables") or {}) != (recipe, variables):
         # a run keeps the schedule it started with: masks and QAT depend on it
         log.warning("resuming with the checkpoint's recipe schedule, not the one given now")
@@ -319,18 +330,33 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resuming at epoch %d from %s (sparsity %.3f)", start_epoch, cfg.resume_from, sparsity(model))
     elif weights:
         loaded = load_into(model, weights)
-        log.info("starting from %s%s", weights.describe(), " (Detect head re-initialised for the dataset's classes)"
-                 if loaded["headReset"] else "")
+        log.info(
+            "starting from %s%s",
+            weights.describe(),
+            " (Detect head re-initialised for the dataset's classes)" if loaded["headReset"] else "",
+        )
     model.nc, model.names, model.hyp = data["nc"], data["names"], scaled_loss_gains(hyp, data["nc"], cfg.img_size)
     model.to(device)
 
     stride = int(max(model.stride.max(), 32))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        train_loader, dataset = create_dataloader(data["train"], cfg.img_size, per_rank, stride, hyp=hyp, augment=True,
-                                                  rank=dist_info.rank if dist_info.world > 1 else -1,
-                                                  workers=cfg.workers, shuffle=True, seed=cfg.seed)
-        val_loader = create_dataloader(data["val"], cfg.img_size, per_rank * 2, stride, hyp=hyp, rect=True, rank=-1,
-                                       workers=cfg.workers, pad=0.5)[0] if dist_info.main else None
+        train_loader, dataset = create_dataloader(
+            data["train"],
+            cfg.img_size,
+            per_rank,
+            stride,
+            hyp=hyp,
+            augment=True,
+            rank=dist_info.rank if dist_info.world > 1 else -1,
+            workers=cfg.workers,
+            shuffle=True,
+            seed=cfg.seed,
+        )
+        val_loader = (
+            create_dataloader(data["val"], cfg.img_size, per_rank * 2, stride, hyp=hyp, rect=True, rank=-1, workers=cfg.workers, pad=0.5)[0]
+            if dist_info.main
+            else None
+        )
     if int(dataset.labels[0][:, 0].max() if len(dataset.labels) else 0) >= data["nc"]:
         raise ValueError("labels use class ids beyond data.yaml's nc")
     if loaded and not loaded["headReset"] and dist_info.main:
@@ -379,8 +405,9 @@ def train(cfg: TrainConfig) -> dict:
         for imgs, targets, _, _ in train_loader:
             step += 1
             if fault and step >= fault[0] and per_rank > fault[1]:
-                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by YOLO_SPARSIFY_FAULT_CUDA_OOM at step {step}, "
-                                                  f"batch {per_rank} per process)")
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory (injected by YOLO_SPARSIFY_FAULT_CUDA_OOM at step {step}, batch {per_rank} per process)"
+                )
             imgs = imgs.to(device, non_blocking=True).float() / 255
             with torch.autocast(device_type=device.type, enabled=use_cuda_amp and not qat):
                 pred = ddp(imgs)
@@ -419,11 +446,27 @@ def train(cfg: TrainConfig) -> dict:
             if eligible:
                 best_map50 = max(best_map50, map50)
             ckpt = {
-                "format": "sparsify-worker", "version": CHECKPOINT_VERSION, "epoch": epoch, "arch": spec.arch,
-                "layout": spec.layout, "activation": spec.activation, "nc": data["nc"], "names": data["names"], "recipe": recipe,
-                "recipe_variables": variables, "model": model.state_dict(), "ema": ema.ema.state_dict(),
-                "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "map50": map50, "best_map50": best_map50,
-                "start_map50": start_map50, "batch_size": cfg.batch_size, "img_size": cfg.img_size, "quantized": qat, "sparsity": sparsity(model),
+                "format": "sparsify-worker",
+                "version": CHECKPOINT_VERSION,
+                "epoch": epoch,
+                "arch": spec.arch,
+                "layout": spec.layout,
+                "activation": spec.activation,
+                "nc": data["nc"],
+                "names": data["names"],
+                "recipe": recipe,
+                "recipe_variables": variables,
+                "model": model.state_dict(),
+                "ema": ema.ema.state_dict(),
+                "ema_updates": ema.updates,
+                "optimizer": optimizer.state_dict(),
+                "map50": map50,
+                "best_map50": best_map50,
+                "start_map50": start_map50,
+                "batch_size": cfg.batch_size,
+                "img_size": cfg.img_size,
+                "quantized": qat,
+                "sparsity": sparsity(model),
                 "run_uid": cfg.run_uid,
             }
             last = out / "last.pt"
@@ -434,8 +477,16 @@ def train(cfg: TrainConfig) -> dict:
                 best = out / "best.pt"
                 torch.save(ckpt, out / ".best.pt.tmp")
                 os.replace(out / ".best.pt.tmp", best)
-            entry = {"epoch": epoch, "loss": round(sum(losses) / max(1, len(losses)), 4), "map50": round(map50, 4),
-                     "map50_95": round(map50_95, 4), "sparsity": round(sparsity(model), 4), "qat": qat, "amp": scaler.is_enabled(), "seconds": round(time.monotonic() - t0, 1)}
+            entry = {
+                "epoch": epoch,
+                "loss": round(sum(losses) / max(1, len(losses)), 4),
+                "map50": round(map50, 4),
+                "map50_95": round(map50_95, 4),
+                "sparsity": round(sparsity(model), 4),
+                "qat": qat,
+                "amp": scaler.is_enabled(),
+                "seconds": round(time.monotonic() - t0, 1),
+            }
             history.append(entry)
             log.info("epoch %d/%d %s", epoch + 1, epochs, entry)
             print(f"epoch {epoch + 1}/{epochs} {entry}", flush=True)
@@ -451,9 +502,19 @@ def train(cfg: TrainConfig) -> dict:
     if dist_info.world > 1:
         check_ranks_agree({"final": digest}, epochs)
         dist.destroy_process_group()
-    return {"epochs": epochs, "startEpoch": start_epoch, "bestMap50": round(max(best_map50, 0.0), 4),
-            "startMap50": None if start_map50 is None else round(start_map50, 4),
-            "model": {"arch": spec.arch, "layout": spec.layout, "activation": spec.activation, "nc": spec.nc},
-            "lastMap50": round(max(map50, 0.0), 4), "sparsity": round(final_sparsity, 4), "quantized": qat,
-            "batchSize": cfg.batch_size, "world": dist_info.world, "rank": dist_info.rank, "weightsDigest": digest,
-            "rankDigests": agreed, "history": history}
+    return {
+        "epochs": epochs,
+        "startEpoch": start_epoch,
+        "bestMap50": round(max(best_map50, 0.0), 4),
+        "startMap50": None if start_map50 is None else round(start_map50, 4),
+        "model": {"arch": spec.arch, "layout": spec.layout, "activation": spec.activation, "nc": spec.nc},
+        "lastMap50": round(max(map50, 0.0), 4),
+        "sparsity": round(final_sparsity, 4),
+        "quantized": qat,
+        "batchSize": cfg.batch_size,
+        "world": dist_info.world,
+        "rank": dist_info.rank,
+        "weightsDigest": digest,
+        "rankDigests": agreed,
+        "history": history,
+    }

@@ -32,12 +32,16 @@ def check_recipe(text: str, model: ModelSpec, declared_arch: str | None, epochs:
     arch = model.arch
     target = declared_arch or recipe_target_arch(text)
     if target and target != arch:
-        problems.append(f"the recipe is written for {target} but the model is {arch}; recipes are not interchangeable "
-                        f"between model versions (use the {arch} preset or a recipe written for {arch})")
+        problems.append(
+            f"the recipe is written for {target} but the model is {arch}; recipes are not interchangeable "
+            f"between model versions (use the {arch} preset or a recipe written for {arch})"
+        )
     layout = doc.get("target_layout")
     if layout and str(layout) != model.layout:
-        problems.append(f"the recipe is written for the {layout} layout but the model is {model.describe()}; "
-                        "its layer names do not match (use a preset, which is rendered for the model's layout)")
+        problems.append(
+            f"the recipe is written for the {layout} layout but the model is {model.describe()}; "
+            "its layer names do not match (use a preset, which is rendered for the model's layout)"
+        )
     if epochs:
         try:
             rescaled_variables(text, epochs)
@@ -58,8 +62,10 @@ def check_recipe(text: str, model: ModelSpec, declared_arch: str | None, epochs:
     names = {n for n, _ in build(model).named_parameters()}
     missing = [p for p in recipe_params(text) if p not in names and not p.startswith("re:") and p not in ("__ALL__", "__ALL_PRUNABLE__")]
     if missing:
-        problems.append(f"{len(missing)} parameter(s) named by the recipe do not exist in {arch} ({model.layout} layout): "
-                        f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        problems.append(
+            f"{len(missing)} parameter(s) named by the recipe do not exist in {arch} ({model.layout} layout): "
+            f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     return problems
 
 
@@ -99,8 +105,10 @@ def check_dataset(root: Path) -> tuple[list[str], dict]:
             continue
         labels_dir = labels_dir_for(images_dir)
         if not labels_dir.is_dir():
-            problems.append(f"dataset: the {split} labels folder is missing (expected {labels_dir.name!r} next to the images, "
-                            "as YOLO's images/ -> labels/ convention requires)")
+            problems.append(
+                f"dataset: the {split} labels folder is missing (expected {labels_dir.name!r} next to the images, "
+                "as YOLO's images/ -> labels/ convention requires)"
+            )
             continue
         for sample in random.Random(0).sample(images, min(SAMPLE_IMAGES, len(images))):
             try:
@@ -140,8 +148,13 @@ def _variables_or_empty(text: str) -> dict:
         return {}
 
 
-def validate(spec: dict, dataset_root: Path, recipe_text: Callable[[ModelSpec], str],
-             weights_path: Path | None = None, problems_found: list[str] | tuple = ()) -> dict:
+def validate(
+    spec: dict,
+    dataset_root: Path,
+    recipe_text: Callable[[ModelSpec], str],
+    weights_path: Path | None = None,
+    problems_found: list[str] | tuple = (),
+) -> dict:
     """Every check at once: dataset, starting weights (what they are, whether they fit the
     model the spec asks for), recipe (parses, fits the model, fits the epochs override).
     Returns what the run will train; raises ValidationError listing every problem."""
@@ -177,8 +190,10 @@ def validate(spec: dict, dataset_root: Path, recipe_text: Callable[[ModelSpec], 
             known = _variables_or_empty(text)
             unknown = sorted(set(spec["recipe"].get("variables") or {}) - set(known))
             if unknown:
-                problems.append(f"recipe.variables names {', '.join(unknown)}, which the recipe does not have "
-                                f"(it has: {', '.join(sorted(known)) or 'none'})")
+                problems.append(
+                    f"recipe.variables names {', '.join(unknown)}, which the recipe does not have "
+                    f"(it has: {', '.join(sorted(known)) or 'none'})"
+                )
             out["recipeParams"] = len(recipe_params(text)) if not problems else 0
     if problems:
         raise ValidationError(problems)

@@ -42,8 +42,11 @@ class Weights:
     map50: float | None = None
 
     def describe(self) -> str:
-        what = {"ultralytics": "an Ultralytics checkpoint", "state-dict": "a state dict",
-                "sparsify-worker": "a sparsify-worker checkpoint"}[self.source]
+        what = {
+            "ultralytics": "an Ultralytics checkpoint",
+            "state-dict": "a state dict",
+            "sparsify-worker": "a sparsify-worker checkpoint",
+        }[self.source]
         parts = [LAYOUT_TEXT[self.layout] if self.layout else "unknown layout", f"{self.nc} classes"]
         if self.activation:
             parts.append(self.activation)
@@ -53,10 +56,19 @@ class Weights:
 # ---- unpickling --------------------------------------------------------------------------
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"), ("builtins", "set"), ("__builtin__", "set"), ("builtins", "slice"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("torch", "Size"), ("torch", "device"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("__builtin__", "set"),
+    ("builtins", "slice"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
 _STORAGE = re.compile(r"^(Double|Float|Half|BFloat16|Long|Int|Short|Char|Byte|Bool)Storage$")
 
@@ -82,8 +94,10 @@ class _AllowListUnpickler(pickle.Unpickler):
         cls = _module_class(module, name)
         if cls is not None:
             return cls
-        raise pickle.UnpicklingError(f"the checkpoint references {module}.{name}, which a YOLOv5 checkpoint does not need; "
-                                     "refusing to load it (only YOLOv5 and torch.nn module classes and tensors are allowed)")
+        raise pickle.UnpicklingError(
+            f"the checkpoint references {module}.{name}, which a YOLOv5 checkpoint does not need; "
+            "refusing to load it (only YOLOv5 and torch.nn module classes and tensors are allowed)"
+        )
 
 
 _allow_list_pickle = types.SimpleNamespace(Unpickler=_AllowListUnpickler, load=pickle.load, __name__="allow_list_pickle")
@@ -140,8 +154,15 @@ def _from_module(model) -> Weights:
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
     model = model.float()
-    return Weights("ultralytics", arch, layout, _activation_of(model), int(getattr(model, "nc", cfg.get("nc", 0)) or 0),
-                   list(names) if names else None, model.state_dict())
+    return Weights(
+        "ultralytics",
+        arch,
+        layout,
+        _activation_of(model),
+        int(getattr(model, "nc", cfg.get("nc", 0)) or 0),
+        list(names) if names else None,
+        model.state_dict(),
+    )
 
 
 def _from_state_dict(state: dict) -> Weights:
@@ -167,8 +188,16 @@ def read_weights(path: Path) -> Weights:
 
     obj = load_file(path)
     if isinstance(obj, dict) and obj.get("format") == "sparsify-worker":
-        return Weights("sparsify-worker", obj["arch"], obj.get("layout", "v5.0"), obj.get("activation", "Hardswish"), int(obj["nc"]),
-                       obj.get("names"), obj.get("ema") or obj["model"], obj.get("best_map50"))
+        return Weights(
+            "sparsify-worker",
+            obj["arch"],
+            obj.get("layout", "v5.0"),
+            obj.get("activation", "Hardswish"),
+            int(obj["nc"]),
+            obj.get("names"),
+            obj.get("ema") or obj["model"],
+            obj.get("best_map50"),
+        )
     if isinstance(obj, torch.nn.Module):
         return _from_module(obj)
     if isinstance(obj, dict):
@@ -196,22 +225,29 @@ def resolve(model_spec: dict, nc: int, weights: Weights | None) -> ModelSpec:
     if weights is not None:
         what = weights.describe()
         if weights.layout is None or weights.arch is None:
-            problems.append(f"model.weights is {what}: its layout is not one of the supported YOLOv5 layouts "
-                            f"(v5.0: {', '.join(ARCHS['v5.0'])}; v7.0: {', '.join(ARCHS['v7.0'])})")
+            problems.append(
+                f"model.weights is {what}: its layout is not one of the supported YOLOv5 layouts "
+                f"(v5.0: {', '.join(ARCHS['v5.0'])}; v7.0: {', '.join(ARCHS['v7.0'])})"
+            )
         else:
             if weights.arch != arch:
-                problems.append(f"model.weights is {what}, but model.arch is {arch}: set model.arch to {weights.arch}, "
-                                f"or use weights trained for {arch}")
+                problems.append(
+                    f"model.weights is {what}, but model.arch is {arch}: set model.arch to {weights.arch}, "
+                    f"or use weights trained for {arch}"
+                )
             if layout and layout != weights.layout:
-                problems.append(f"model.weights is {what}, but model.layout is {layout}: set model.layout to {weights.layout} "
-                                "or leave it unset to take it from the weights")
+                problems.append(
+                    f"model.weights is {what}, but model.layout is {layout}: set model.layout to {weights.layout} "
+                    "or leave it unset to take it from the weights"
+                )
             layout = layout or weights.layout
         if weights.activation and weights.activation not in DEFAULT_ACTIVATION.values():
-            problems.append(f"model.weights is {what}: its {weights.activation} activation is not supported "
-                            "(Hardswish or SiLU)")
+            problems.append(f"model.weights is {what}: its {weights.activation} activation is not supported (Hardswish or SiLU)")
         elif weights.activation and activation and activation != weights.activation:
-            problems.append(f"model.weights is {what}, but model.activation is {activation}: the activation must match the "
-                            f"weights (set {weights.activation}, or leave it unset)")
+            problems.append(
+                f"model.weights is {what}, but model.activation is {activation}: the activation must match the "
+                f"weights (set {weights.activation}, or leave it unset)"
+            )
         activation = activation or weights.activation
     layout = layout or default_layout(arch)
     if layout in ARCHS and arch not in ARCHS[layout]:
@@ -233,8 +269,12 @@ def load_into(model, weights: Weights) -> dict:
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state and not (head_reset and DETECT_HEAD.match(k))]
     if wrong or missing:
-        raise WeightsError(f"model.weights is {weights.describe()} and does not fit the model: "
-                           + "; ".join(([f"{len(wrong)} tensor(s) of another shape, e.g. {wrong[0]}"] if wrong else [])
-                                       + ([f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"] if missing else [])))
+        raise WeightsError(
+            f"model.weights is {weights.describe()} and does not fit the model: "
+            + "; ".join(
+                ([f"{len(wrong)} tensor(s) of another shape, e.g. {wrong[0]}"] if wrong else [])
+                + ([f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"] if missing else [])
+            )
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"source": weights.source, "headReset": head_reset, "weightsClasses": weights.nc}
