@@ -216,7 +216,7 @@ def report(rows: list[dict], curve: list[dict], speed: dict, args) -> None:
             f"{rs[0]['gzipMB']} ({rs[0]['rawMB']}) | {m50 / control:.1%} |"
         )
     print()
-    print("Retention of pruned-quantized against sparsity (seed %d; ONNX INT8 evaluated):" % args.seeds[0])
+    print(f"Retention of pruned-quantized against sparsity (seed {args.seeds[0]}; ONNX INT8 evaluated):")
     print()
     print("| target sparsity | measured | ONNX mAP@0.5 | retained vs control |")
     print("|---|---|---|---|")

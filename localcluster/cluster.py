@@ -38,7 +38,7 @@ class ClusterInfo:
     started_seconds: float
 
     @classmethod
-    def load(cls, state_dir: Path) -> "ClusterInfo":
+    def load(cls, state_dir: Path) -> ClusterInfo:
         return cls(**json.loads((state_dir / INFO_FILE).read_text()))
 
 

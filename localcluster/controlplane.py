@@ -154,7 +154,7 @@ class ControlPlane:
             "--audit-log-maxbackup=0",
         ]  # MB: never rotate (0 would mean 100 MB)
 
-    def start(self) -> "ControlPlane":
+    def start(self) -> ControlPlane:
         binaries.ensure_all()
         self.pki.ensure()
         self.etcd_port, peer, self.apiserver_port = free_port(), free_port(), free_port()

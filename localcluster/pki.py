@@ -63,7 +63,7 @@ class PKI:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def ensure(self) -> "PKI":
+    def ensure(self) -> PKI:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.path("ca.crt").exists():
             return self

@@ -6,7 +6,7 @@ rules (envFrom before env, `$(VAR)` expansion, downward-API field paths) are tes
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 # (namespace, name) -> {key: str value} or None when the object does not exist
 Lookup = Callable[[str, str], "dict[str, str] | None"]
@@ -57,7 +57,7 @@ def resource_field_value(container: dict, resource: str) -> str:
     return "0" if value is None else str(value)
 
 
-def _source(kind: str, ref: dict, namespace: str, lookup: Lookup, key: str | None = None) -> "dict[str, str] | str | None":
+def _source(kind: str, ref: dict, namespace: str, lookup: Lookup, key: str | None = None) -> dict[str, str] | str | None:
     data = lookup(namespace, ref["name"])
     optional = bool(ref.get("optional"))
     if data is None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 import time
 import uuid
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from kubernetes import client, config

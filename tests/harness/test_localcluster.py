@@ -279,7 +279,7 @@ def test_graceful_deletion_sigterm_then_sigkill(core, namespace):
     core.create_namespaced_pod(namespace, pod("polite", polite, terminationGracePeriodSeconds=30))
     core.create_namespaced_pod(namespace, pod("stubborn", stubborn, terminationGracePeriodSeconds=2))
     for name in ("polite", "stubborn"):
-        wait_until(lambda: core.read_namespaced_pod(name, namespace).status.phase == "Running", 30, what=f"{name} running")
+        wait_until(lambda name=name: core.read_namespaced_pod(name, namespace).status.phase == "Running", 30, what=f"{name} running")
     pids = {
         n: int(core.read_namespaced_pod(n, namespace).status.container_statuses[0].container_id.split("//")[1])
         for n in ("polite", "stubborn")

@@ -13,6 +13,8 @@ import pytest
 
 from sparsify_worker.s3 import S3Error, S3Uri, Store, client
 
+pytestmark = pytest.mark.s3
+
 
 class FlakyProxy(http.server.ThreadingHTTPServer):
     """Answers the first `failures` requests with 503 SlowDown, then forwards to S3."""
@@ -80,8 +82,8 @@ def test_transient_errors_are_retried(s3_endpoint, tmp_path):
     thread.start()
     try:
         # botocore's own retries are off here, so only the worker's retry loop can save it
-        from botocore.config import Config
         import boto3
+        from botocore.config import Config
 
         raw = boto3.client(
             "s3",
@@ -144,7 +146,7 @@ def test_a_corrupt_object_in_a_tree_fails_the_transfer(s3_endpoint, tmp_path):
 
 
 def test_the_nodes_dataset_cache_is_reused_while_the_listing_matches_and_refetched_when_it_changes(s3_endpoint, tmp_path):
-    from sparsify_worker.cli import cached_dataset
+    from sparsify_worker.staging import cached_dataset
 
     store, calls = counting_store(s3_endpoint)
     for i in range(20):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from . import shims, yolo_env
 from .model import ModelSpec
-from .weights import Weights, load_into
 from .onnx_stats import sizes, weight_sparsity
 from .train import is_quantized, load_checkpoint, restore_model
+from .weights import Weights, load_into
 
 log = logging.getLogger("sparsify_worker.export")
 MIN_QAT_OPSET = 13  # sparseml refuses convert_qat below 13

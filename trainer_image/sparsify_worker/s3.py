@@ -12,9 +12,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 log = logging.getLogger("sparsify_worker.s3")
 T = TypeVar("T")
@@ -33,7 +34,7 @@ class S3Uri:
     key: str
 
     @classmethod
-    def parse(cls, uri: str) -> "S3Uri":
+    def parse(cls, uri: str) -> S3Uri:
         if not uri.startswith("s3://"):
             raise S3Error(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
         bucket, _, key = uri[5:].partition("/")
@@ -41,7 +42,7 @@ class S3Uri:
             raise S3Error(f"no bucket in {uri!r}")
         return cls(bucket, key)
 
-    def join(self, *parts: str) -> "S3Uri":
+    def join(self, *parts: str) -> S3Uri:
         key = "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/"))
         return S3Uri(self.bucket, key)
 

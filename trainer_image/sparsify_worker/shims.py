@@ -42,7 +42,6 @@ def apply() -> list[str]:
     if _applied:
         return list(_applied)
     import torch
-
     from sparseml.pytorch.sparsification.quantization import quantization_scheme as qs
 
     base = qs.torch_quantization.QConfig
