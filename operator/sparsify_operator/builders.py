@@ -1,13 +1,14 @@
 """Pure builders: a SparsifyJob (+ what stage, which attempt) -> child manifests.
 
 Deterministic names, owner references, labels; no API calls. `construct_job` is the one
-place that knows how a stage pod looks."""
+place that knows how a stage Job looks: `stage_container` the part every stage shares, then
+`_train_job` (GPUs, torchrun, a multi-node group) or `_cpu_stage_job` on top."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from .api import (
     ANNOTATION_BATCH_SIZE,
@@ -27,9 +28,9 @@ from .api import (
     RENDEZVOUS_PORT,
     SPEC_DIR,
 )
-from .spec import output_uri, recipe_name, reserved_env
+from .config import OperatorConfig
+from .spec import SparsifySpec, output_uri, reserved_env, thawed
 
-GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # Stage-specific Job settings: pod retries before the stage fails, and the default deadline.
 STAGE_BACKOFF = {"validate": 0, "export": 1, "benchmark": 1, "publish": 2}
@@ -43,31 +44,6 @@ STAGE_RESOURCES = {
 # Scratch (/tmp) per CPU stage: the model, its dense twin and their ONNX files, with room to spare.
 DATASET_CACHE_DIR = "/var/cache/sparsify-datasets"
 STAGE_SCRATCH = {"validate": "4Gi", "export": "8Gi", "benchmark": "8Gi", "publish": "2Gi"}
-
-
-@dataclass(frozen=True)
-class OperatorConfig:
-    """What the platform team sets once (Helm values -> operator environment)."""
-
-    trainer_image: str = "ghcr.io/yolo-sparsify/trainer:0.1.0"
-    cpu_image: str = "ghcr.io/yolo-sparsify/cpu-worker:0.1.0"
-    worker_command: tuple[str, ...] = ("sparsify-worker",)
-    train_launcher: tuple[str, ...] = ("torchrun",)
-    image_pull_policy: str = "IfNotPresent"
-    shm_size: str = "16Gi"
-    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    # Platform defaults for what a SparsifyJob leaves empty (Helm values `defaults.*`).
-    gpu_node_selector: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    gpu_tolerations: tuple[dict, ...] = (GPU_TOLERATION,)
-    s3_endpoint: str = ""
-    queue_name: str = ""
-    # A training pod requests these per GPU (scaled by gpusPerNode), so it is never BestEffort:
-    # a neighbour's memory pressure must not evict it first or look like its own OOM.
-    train_requests_per_gpu: tuple[tuple[str, str], ...] = (("cpu", "8"), ("memory", "48Gi"), ("ephemeral-storage", "20Gi"))
-    train_limits_per_gpu: tuple[tuple[str, str], ...] = ()
-    train_scratch_size: str = "100Gi"  # the dataset, checkpoints and exports under /tmp
-    start_deadline_seconds: int = 300  # a stage pod that cannot start by then fails the stage with the reason
-    dataset_cache_host_path: str = ""  # a node directory training pods keep datasets in between attempts and runs
 
 
 def job_name(sj_name: str, stage: str, attempt: int = 0) -> str:
@@ -98,38 +74,32 @@ def network_policy_name(sj_name: str) -> str:
     return f"{sj_name}-train"
 
 
-def stage_env(sj: dict, spec: dict, stage: str, attempt: int, batch_size: int | None, config: OperatorConfig) -> list[dict]:
+def stage_env(sj: dict, spec: SparsifySpec, stage: str, attempt: int, config: OperatorConfig) -> list[dict]:
     """The user's variables first, then the operator's and the platform's: for a duplicate name
     the last entry wins, and a reserved name from the spec is dropped besides (admission
     refuses it; an object stored before that rule must not get through either)."""
     meta = sj["metadata"]
-    user = [
-        {"name": e["name"], "value": e.get("value", "")}
-        for e in spec.get("env") or []
-        if isinstance(e, dict) and isinstance(e.get("name"), str) and not reserved_env(e["name"])
-    ]
+    user = [{"name": e.name, "value": e.value} for e in spec.env if not reserved_env(e.name)]
     env = [
         {"name": "SPARSIFY_STAGE", "value": stage},
         {"name": "SPARSIFY_NAMESPACE", "value": meta["namespace"]},
         {"name": "SPARSIFY_NAME", "value": meta["name"]},
         {"name": "SPARSIFY_UID", "value": meta["uid"]},
         {"name": "SPARSIFY_ATTEMPT", "value": str(attempt)},
-        {"name": "SPARSIFY_RECIPE", "value": recipe_name(spec)},
+        {"name": "SPARSIFY_RECIPE", "value": spec.recipe_name},
         {"name": "SPARSIFY_OUTPUT_URI", "value": output_uri(spec, meta["namespace"], meta["name"], meta["uid"])},
         # The spec is a file (the pod's own annotation, mounted): as an environment variable a
         # long inline recipe would pass the kernel's 128 KiB limit and the pod could not start.
         {"name": "SPARSIFY_SPEC_FILE", "value": f"{SPEC_DIR}/spec.json"},
         {"name": "SPARSIFY_INPUTS_FILE", "value": f"{SPEC_DIR}/inputs.json"},
-        {"name": "AWS_REGION", "value": spec["output"].get("region", "us-east-1")},
-        {"name": "AWS_DEFAULT_REGION", "value": spec["output"].get("region", "us-east-1")},
+        {"name": "AWS_REGION", "value": spec.output.region},
+        {"name": "AWS_DEFAULT_REGION", "value": spec.output.region},
         {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
         {"name": "TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
     ]
-    if batch_size is not None:
-        env.append({"name": "SPARSIFY_BATCH_SIZE", "value": str(batch_size)})
     if stage == "train" and config.dataset_cache_host_path:
         env.append({"name": "SPARSIFY_DATASET_CACHE", "value": DATASET_CACHE_DIR})
-    endpoint = spec["output"].get("endpoint") or config.s3_endpoint
+    endpoint = spec.output.endpoint or config.s3_endpoint
     if endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": endpoint})
     env += [{"name": k, "value": v} for k, v in config.extra_env]
@@ -149,25 +119,23 @@ def scaled_quantity(quantity: str, factor: int) -> str:
     return f"{int(value) if value == int(value) else value}{m.group(2)}"
 
 
-def train_resources(spec: dict, config: OperatorConfig) -> dict:
+def train_resources(spec: SparsifySpec, config: OperatorConfig) -> dict:
     """Platform per-GPU requests (and limits) scaled by gpusPerNode, then the spec's own
     resources over them, then the GPUs."""
-    tr = spec["training"]
-    gpus = int(tr["gpusPerNode"])
+    gpus = spec.training.gpus_per_node
     base = {"requests": {k: scaled_quantity(v, gpus) for k, v in config.train_requests_per_gpu}}
     if config.train_limits_per_gpu:
         base["limits"] = {k: scaled_quantity(v, gpus) for k, v in config.train_limits_per_gpu}
-    user = tr.get("resources") or {}
+    user = spec.training.resources or {}
     for kind in ("requests", "limits"):
-        if isinstance(user.get(kind), dict):
-            base.setdefault(kind, {}).update(user[kind])
+        if isinstance(user.get(kind), Mapping):
+            base.setdefault(kind, {}).update(thawed(user[kind]))
     return _merge_resources(base, {"limits": {GPU_RESOURCE: str(gpus)}})
 
 
-def train_command(sj: dict, spec: dict, attempt: int, config: OperatorConfig) -> list[str]:
+def train_command(sj: dict, spec: SparsifySpec, attempt: int, config: OperatorConfig) -> list[str]:
     """torchrun: one process per GPU; several nodes rendezvous (c10d) at index 0's pod."""
-    tr = spec["training"]
-    nodes, gpus = int(tr["nodes"]), int(tr["gpusPerNode"])
+    nodes, gpus = spec.training.nodes, spec.training.gpus_per_node
     cmd = [*config.train_launcher, f"--nnodes={nodes}", f"--nproc_per_node={gpus}"]
     if nodes == 1:
         cmd.insert(len(config.train_launcher), "--standalone")
@@ -186,48 +154,18 @@ def train_command(sj: dict, spec: dict, attempt: int, config: OperatorConfig) ->
     return [*config.worker_command, "supervise", "--", *cmd, "--no-python", *config.worker_command, "train"]
 
 
-def construct_job(
-    sj: dict, spec: dict, stage: str, attempt: int, config: OperatorConfig, batch_size: int | None = None, inputs: dict | None = None
+def stage_container(
+    sj: dict, spec: SparsifySpec, stage: str, attempt: int, config: OperatorConfig, image: str, command: list[str], resources: dict
 ) -> dict:
-    name = job_name(sj["metadata"]["name"], stage, attempt)
-    labels = child_labels(sj, stage, attempt)
-    gpu = stage == "train"
-    tr = spec["training"]
-    if gpu:
-        image = tr.get("image") or config.trainer_image
-        command = train_command(sj, spec, attempt, config)
-        resources = train_resources(spec, config)
-    else:
-        image = config.cpu_image
-        command = [*config.worker_command, stage]
-        resources = STAGE_RESOURCES[stage]
-    volumes = [
-        {"name": "tmp", "emptyDir": {"sizeLimit": config.train_scratch_size if gpu else STAGE_SCRATCH[stage]}},
-        {
-            "name": "spec",
-            "downwardAPI": {
-                "items": [
-                    {"path": "spec.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}},
-                    {"path": "inputs.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_INPUTS}']"}},
-                ]
-            },
-        },
-    ]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
-    if gpu:  # PyTorch DataLoader workers share tensors through /dev/shm
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-    if gpu and config.dataset_cache_host_path:
-        volumes.append({"name": "datasets", "hostPath": {"path": config.dataset_cache_host_path, "type": "DirectoryOrCreate"}})
-        mounts.append({"name": "datasets", "mountPath": DATASET_CACHE_DIR})
+    """The container every stage shares: hardened, the spec mounted at SPEC_DIR, scratch at /tmp."""
     container = {
         "name": stage,
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": command,
-        "env": stage_env(sj, spec, stage, attempt, batch_size, config),
+        "env": stage_env(sj, spec, stage, attempt, config),
         "resources": resources,
-        "volumeMounts": mounts,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}],
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -239,78 +177,135 @@ def construct_job(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    if spec["output"].get("credentialsSecret"):
-        container["envFrom"] = [{"secretRef": {"name": spec["output"]["credentialsSecret"]}}]
+    if spec.output.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.output.credentials_secret}}]
+    return container
+
+
+def _pod_spec(spec: SparsifySpec, container: dict, scratch: str) -> dict:
     pod_spec: dict = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": volumes,
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": scratch}},
+            {
+                "name": "spec",
+                "downwardAPI": {
+                    "items": [
+                        {"path": "spec.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_SPEC}']"}},
+                        {"path": "inputs.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_INPUTS}']"}},
+                    ]
+                },
+            },
+        ],
         "securityContext": {"runAsNonRoot": True, "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
         "enableServiceLinks": False,
     }
-    if spec["output"].get("serviceAccountName"):  # workload identity needs the projected token
-        pod_spec["serviceAccountName"] = spec["output"]["serviceAccountName"]
+    if spec.output.service_account_name:  # workload identity needs the projected token
+        pod_spec["serviceAccountName"] = spec.output.service_account_name
         pod_spec["automountServiceAccountToken"] = True
     else:
         pod_spec["automountServiceAccountToken"] = False
-    pod_annotations = {ANNOTATION_SPEC: _compact(spec), ANNOTATION_INPUTS: _compact(inputs or {})}
-    job_spec: dict = {
-        "backoffLimit": int(tr["backoffLimit"]) if gpu else STAGE_BACKOFF[stage],
-        "template": {"metadata": {"labels": labels, "annotations": pod_annotations}, "spec": pod_spec},
-    }
-    if gpu:
-        pod_spec["tolerations"] = [*config.gpu_tolerations, *(tr.get("tolerations") or [])]
-        selector = tr.get("nodeSelector") or dict(config.gpu_node_selector)
-        if selector:
-            pod_spec["nodeSelector"] = dict(selector)
-        if tr.get("activeDeadlineSeconds"):
-            job_spec["activeDeadlineSeconds"] = int(tr["activeDeadlineSeconds"])
-        nodes = int(tr["nodes"])
-        if nodes == 1:
-            # OOM (the kernel's: 137, or CUDA's: 75) fails the attempt at once: the operator resumes
-            # it with half the batch size. Node loss or preemption does not count against backoffLimit.
-            job_spec["podFailurePolicy"] = {
-                "rules": [
-                    {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                ]
-            }
-        else:
-            # A group fails whole: one rank's failure (or its node's loss) ends the attempt at once,
-            # the Job controller stops the other ranks (instead of leaving them to hang in a
-            # collective), and the operator resumes the whole group from the last checkpoint.
-            job_spec["podFailurePolicy"] = {
-                "rules": [
-                    {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "NotIn", "values": [0]}},
-                    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                ]
-            }
-            job_spec["backoffLimit"] = 0  # group restarts are the operator's new attempts (training.backoffLimit)
-            job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
-            pod_spec["subdomain"] = rendezvous_service_name(sj["metadata"]["name"])
+    return pod_spec
+
+
+def _train_job(sj: dict, spec: SparsifySpec, attempt: int, config: OperatorConfig) -> tuple[dict, dict, dict]:
+    """A training attempt: torchrun on GPU nodes, one pod (or an Indexed group of `nodes` pods)."""
+    tr = spec.training
+    container = stage_container(
+        sj,
+        spec,
+        "train",
+        attempt,
+        config,
+        tr.image or config.trainer_image,
+        train_command(sj, spec, attempt, config),
+        train_resources(spec, config),
+    )
+    pod_spec = _pod_spec(spec, container, config.train_scratch_size)
+    # PyTorch DataLoader workers share tensors through /dev/shm
+    pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
+    container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    if config.dataset_cache_host_path:
+        pod_spec["volumes"].append({"name": "datasets", "hostPath": {"path": config.dataset_cache_host_path, "type": "DirectoryOrCreate"}})
+        container["volumeMounts"].append({"name": "datasets", "mountPath": DATASET_CACHE_DIR})
+    pod_spec["tolerations"] = [*config.gpu_tolerations, *thawed(tr.tolerations or ())]
+    selector = thawed(tr.node_selector) or dict(config.gpu_node_selector)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    job_spec: dict = {"backoffLimit": tr.backoff_limit}
+    if tr.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = tr.active_deadline_seconds
+    if tr.nodes == 1:
+        # OOM (the kernel's: 137, or CUDA's: 75) fails the attempt at once: the operator resumes
+        # it with half the batch size. Node loss or preemption does not count against backoffLimit.
+        job_spec["podFailurePolicy"] = {
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "In", "values": [EXIT_GPU_OOM, EXIT_KILLED]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        }
     else:
-        job_spec["activeDeadlineSeconds"] = STAGE_DEADLINE_SECONDS[stage]
-        if stage == "benchmark" and spec["benchmark"].get("nodeSelector"):
-            pod_spec["nodeSelector"] = dict(spec["benchmark"]["nodeSelector"])
-    annotations = {}
-    if batch_size is not None:
-        annotations[ANNOTATION_BATCH_SIZE] = str(batch_size)
-    job_labels = dict(labels)
-    queue = tr.get("queueName") or config.queue_name
-    if gpu and queue:  # the GPU gang goes through Kueue; CPU stages start at once
-        job_labels[KUEUE_QUEUE_LABEL] = queue
+        # A group fails whole: one rank's failure (or its node's loss) ends the attempt at once,
+        # the Job controller stops the other ranks (instead of leaving them to hang in a
+        # collective), and the operator resumes the whole group from the last checkpoint.
+        job_spec["podFailurePolicy"] = {
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "NotIn", "values": [0]}},
+                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        }
+        job_spec["backoffLimit"] = 0  # group restarts are the operator's new attempts (training.backoffLimit)
+        job_spec.update({"completionMode": "Indexed", "completions": tr.nodes, "parallelism": tr.nodes})
+        pod_spec["subdomain"] = rendezvous_service_name(sj["metadata"]["name"])
+    queue = tr.queue_name or config.queue_name
+    if queue:  # the GPU gang goes through Kueue; CPU stages start at once
         job_spec["suspend"] = True  # Kueue admits (unsuspends) it when the whole gang fits
+    return job_spec, pod_spec, ({KUEUE_QUEUE_LABEL: queue} if queue else {})
+
+
+def _cpu_stage_job(sj: dict, spec: SparsifySpec, stage: str, attempt: int, config: OperatorConfig) -> tuple[dict, dict, dict]:
+    """validate, export, benchmark or publish: one CPU pod, its own resources and deadline."""
+    container = stage_container(sj, spec, stage, attempt, config, config.cpu_image, [*config.worker_command, stage], STAGE_RESOURCES[stage])
+    pod_spec = _pod_spec(spec, container, STAGE_SCRATCH[stage])
+    if stage == "benchmark" and spec.benchmark.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.benchmark.node_selector)
+    return {"backoffLimit": STAGE_BACKOFF[stage], "activeDeadlineSeconds": STAGE_DEADLINE_SECONDS[stage]}, pod_spec, {}
+
+
+def construct_job(
+    sj: dict,
+    spec: SparsifySpec,
+    stage: str,
+    attempt: int,
+    config: OperatorConfig,
+    batch_size: int | None = None,
+    inputs: dict | None = None,
+) -> dict:
+    """One attempt of one stage. A training attempt runs at `batch_size` (the spec's unless an
+    OOM retry halved it): the pod receives the spec with that value, and the Job's annotation
+    records it."""
+    name = job_name(sj["metadata"]["name"], stage, attempt)
+    labels = child_labels(sj, stage, attempt)
+    annotations = {}
+    if stage == "train":
+        spec = spec.with_batch_size(batch_size or spec.training.batch_size)
+        annotations[ANNOTATION_BATCH_SIZE] = str(spec.training.batch_size)
+        job_spec, pod_spec, extra_labels = _train_job(sj, spec, attempt, config)
+    else:
+        job_spec, pod_spec, extra_labels = _cpu_stage_job(sj, spec, stage, attempt, config)
+    pod_annotations = {ANNOTATION_SPEC: _compact(spec.to_dict()), ANNOTATION_INPUTS: _compact(inputs or {})}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
             "namespace": sj["metadata"]["namespace"],
-            "labels": job_labels,
+            "labels": {**labels, **extra_labels},
             "annotations": annotations,
             "ownerReferences": [owner_reference(sj)],
         },
-        "spec": job_spec,
+        "spec": {**job_spec, "template": {"metadata": {"labels": labels, "annotations": pod_annotations}, "spec": pod_spec}},
     }
 
 

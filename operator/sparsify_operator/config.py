@@ -1,11 +1,41 @@
-"""Operator settings from its environment (the Helm chart / kustomize base set these)."""
+"""Operator settings: what the platform team sets once (Helm values / the kustomize base ->
+the operator's environment)."""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
-from .builders import OperatorConfig
+from .api import GPU_RESOURCE
+
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """How stage pods are built, whatever the SparsifyJob (see `from_env` for the variables)."""
+
+    trainer_image: str = "ghcr.io/yolo-sparsify/trainer:0.1.0"
+    cpu_image: str = "ghcr.io/yolo-sparsify/cpu-worker:0.1.0"
+    worker_command: tuple[str, ...] = ("sparsify-worker",)
+    train_launcher: tuple[str, ...] = ("torchrun",)
+    image_pull_policy: str = "IfNotPresent"
+    shm_size: str = "16Gi"
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Platform defaults for what a SparsifyJob leaves empty (Helm values `defaults.*`).
+    gpu_node_selector: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    gpu_tolerations: tuple[dict, ...] = (GPU_TOLERATION,)
+    s3_endpoint: str = ""
+    queue_name: str = ""
+    # A training pod requests these per GPU (scaled by gpusPerNode), so it is never BestEffort:
+    # a neighbour's memory pressure must not evict it first or look like its own OOM.
+    train_requests_per_gpu: tuple[tuple[str, str], ...] = (("cpu", "8"), ("memory", "48Gi"), ("ephemeral-storage", "20Gi"))
+    train_limits_per_gpu: tuple[tuple[str, str], ...] = ()
+    train_scratch_size: str = "100Gi"  # the dataset, checkpoints and exports under /tmp
+    start_deadline_seconds: int = 300  # a stage pod that cannot start by then fails the stage with the reason
+    dataset_cache_host_path: str = ""  # a node directory training pods keep datasets in between attempts and runs
+
 
 # Liveness fails when the resync loop has not completed for this many periods.
 LIVENESS_MISSED_RESYNCS = 4

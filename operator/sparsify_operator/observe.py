@@ -8,9 +8,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .api import ANNOTATION_BATCH_SIZE, ANNOTATION_FAILED, EXIT_GPU_OOM, EXIT_KILLED, LABEL_ATTEMPT, LABEL_STAGE
+from .api import (
+    ANNOTATION_BATCH_SIZE,
+    ANNOTATION_FAILED,
+    EXIT_GPU_OOM,
+    EXIT_KILLED,
+    KILLED_REASONS,
+    LABEL_ATTEMPT,
+    LABEL_STAGE,
+    OOM_REASONS,
+    TERMINAL,
+    Phase,
+    Reason,
+)
 
-OOM_REASONS = ("OOMKilled", "GPUOutOfMemory")
 # Container waiting reasons that will not clear up by themselves (a missing Secret or key, an
 # image that cannot be pulled or run): said in status at once, failed at the start deadline.
 STUCK_REASONS = (
@@ -29,7 +40,7 @@ class Attempt:
     stage: str
     attempt: int
     job: str
-    state: str  # Suspended | Pending | Running | Succeeded | Failed
+    state: Phase
     batch_size: int | None = None
     start_time: str | None = None
     completion_time: str | None = None
@@ -45,7 +56,7 @@ class Attempt:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("Succeeded", "Failed")
+        return self.state in TERMINAL
 
     @property
     def oom(self) -> bool:
@@ -57,7 +68,7 @@ class Attempt:
         """Failed by SIGKILL (exit 137) or a GPU OOM (exit 75): the training Job fails at once on
         it (podFailurePolicy) and the operator starts a new attempt that resumes from the last
         checkpoint."""
-        return self.reason in (*OOM_REASONS, "Killed")
+        return self.reason in KILLED_REASONS
 
 
 def _condition(job: dict, kind: str) -> dict | None:
@@ -84,8 +95,8 @@ def _index(pod: dict) -> int:
 
 
 def parse_summary(message: str | None) -> dict:
-    """The worker ends with one JSON object in its termination message; anything else
-    (a Python traceback from FallbackToLogsOnError) is kept as text."""
+    """The worker's summary: the one JSON object it ends its termination message with, else {}
+    (a Python traceback from FallbackToLogsOnError: the caller keeps that as the message)."""
     if not message:
         return {}
     try:
@@ -126,7 +137,7 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
         stage=labels.get(LABEL_STAGE, "?"),
         attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
         job=meta["name"],
-        state="Pending",
+        state=Phase.PENDING,
         batch_size=batch,
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
@@ -136,11 +147,11 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
     complete, failed = _condition(job, "Complete"), _condition(job, "Failed")
     given_up = (meta.get("annotations") or {}).get(ANNOTATION_FAILED)
     if given_up and not complete:  # the operator stopped it: its pods could not start in time
-        a.state = "Failed"
+        a.state = Phase.FAILED
         a.reason, _, a.message = given_up.partition(": ")
         return a
     if complete:
-        a.state = "Succeeded"
+        a.state = Phase.SUCCEEDED
         done = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
         done.sort(key=_index)  # rank/index 0 reports for a multi-node run
         if done:
@@ -149,7 +160,7 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
             a.message = t.get("message", "")
             a.summary = parse_summary(a.message)
     elif failed:
-        a.state = "Failed"
+        a.state = Phase.FAILED
         a.completion_time = a.completion_time or failed.get("lastTransitionTime")
         bad = [p for p in pods if p.get("status", {}).get("phase") == "Failed" and _terminated(p)]
         bad.sort(key=lambda p: (_terminated(p) or {}).get("finishedAt") or "")
@@ -161,28 +172,28 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
             a.exit_code = t.get("exitCode")
             a.message = t.get("message", "")
             a.summary = parse_summary(a.message)
-        if t and t.get("reason") == "OOMKilled":
-            a.reason = "OOMKilled"
+        if t and t.get("reason") == Reason.OOM_KILLED:
+            a.reason = Reason.OOM_KILLED
         elif t and t.get("exitCode") == EXIT_GPU_OOM:
-            a.reason = "GPUOutOfMemory"
+            a.reason = Reason.GPU_OUT_OF_MEMORY
         elif t and t.get("exitCode") == EXIT_KILLED:
-            a.reason = "Killed"  # SIGKILLed by something other than the OOM killer
+            a.reason = Reason.KILLED  # SIGKILLed by something other than the OOM killer
         elif failed.get("reason") == "PodFailurePolicy" and t:
-            a.reason = t.get("reason") or "Error"
+            a.reason = t.get("reason") or Reason.ERROR
         else:
-            a.reason = failed.get("reason") or (t or {}).get("reason") or "Failed"
+            a.reason = failed.get("reason") or (t or {}).get("reason") or Reason.FAILED
         if not a.message:
             a.message = failed.get("message", "")
     elif (job.get("spec") or {}).get("suspend"):
-        a.state = "Suspended"
+        a.state = Phase.SUSPENDED
     else:
         active, ready = int(status.get("active") or 0), int(status.get("ready") or 0)
         ended = int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
         pending = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending")]
         if active > 0 and (ready >= active or (pods and not pending)):
-            a.state = "Running"  # every pod (every rank of a group) is up
+            a.state = Phase.RUNNING  # every pod (every rank of a group) is up
         elif active == 0 and ended:
-            a.state = "Running"  # its pods are done; the Job controller has yet to say how it ended
+            a.state = Phase.RUNNING  # its pods are done; the Job controller has yet to say how it ended
         else:
             a.waiting_reason, a.waiting_message = waiting(pods, events)
             # how long it has been waiting: since its oldest pod that has not started (a pod the

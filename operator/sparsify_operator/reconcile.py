@@ -5,71 +5,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .api import STAGE_PHASES, STAGES
-from .builders import OperatorConfig, construct_job, construct_network_policy, construct_rendezvous_service
+from .api import ANNOTATION_BATCH_SIZE, LABEL_ATTEMPT, STAGE_PHASES, STAGES, TERMINAL, Phase, Reason
+from .builders import construct_job, construct_network_policy, construct_rendezvous_service
+from .config import OperatorConfig
 from .observe import Attempt
-from .spec import SpecError, normalized, recipe_name, world_size
-from .status import condition, conditions, human_size, seconds_between
+from .retry_policy import retry_decision
+from .spec import SparsifySpec, SpecError, normalized
+from .start_deadline import given_up, start_overdue
+from .status import condition, conditions, human_size
 
-TERMINAL = ("Succeeded", "Failed")
-NOT_RESUMED = ("DeadlineExceeded", "StartDeadlineExceeded")
 MESSAGE_LIMIT = 512
 VERDICTS = ("NativelyRun", "FasterThanDense", "AccuracyRetained")
+Event = tuple[str, str, str]  # (type, reason, message)
 
 
 @dataclass
 class Plan:
     create: list[dict] = field(default_factory=list)
     status: dict = field(default_factory=dict)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    events: list[Event] = field(default_factory=list)
+    announce: dict[str, list[Event]] = field(default_factory=dict)  # Job name -> events to post only if this reconcile creates it
     give_up: list[tuple[str, str]] = field(default_factory=list)  # (Job name, "reason: message"): stop it, its pods never started
 
 
-def halved_batch(batch: int | None, world: int) -> int | None:
-    """Half the total batch, kept divisible by the number of processes; None if impossible."""
-    if not batch:
-        return None
-    new = (batch // 2) // world * world
-    return new if new >= world else None
-
-
-def resumable(spec: dict, attempt: Attempt) -> bool:
-    """A failed training attempt that a new attempt resumes from the last checkpoint: one killed
-    (OOM, SIGKILL) and, for a multi-node group, any rank's failure (the group fails whole)."""
-    if attempt.state != "Failed" or attempt.reason in NOT_RESUMED:
-        return False
-    return attempt.killed or int(spec["training"]["nodes"]) > 1
-
-
-def next_train_attempt(spec: dict, attempts: list[Attempt]) -> int | None:
-    """Batch size of the next training attempt after a resumable failure, or None when retries
-    are spent: OOM halves the batch (up to maxOOMRetries); anything else keeps it (up to
-    backoffLimit)."""
-    last = attempts[-1]
-    earlier = attempts[:-1]
-    if last.oom:
-        if sum(a.oom for a in earlier) >= int(spec["training"]["maxOOMRetries"]):
-            return None
-        return halved_batch(last.batch_size, world_size(spec))
-    if sum(not a.oom for a in earlier) >= int(spec["training"]["backoffLimit"]):
-        return None
-    return last.batch_size
-
-
-def start_overdue(attempt: Attempt, config: OperatorConfig, now: str) -> bool:
-    """An unfinished attempt whose pods are not all running, past the start deadline (counted
-    from its oldest waiting pod, else the Job's start: a Job Kueue holds suspended has not
-    started)."""
-    if attempt.state != "Pending":
-        return False
-    age = seconds_between(attempt.pending_since, now)
-    return age is not None and age > config.start_deadline_seconds
-
-
-def group_children(sj: dict, spec: dict) -> list[dict]:
+def group_children(sj: dict, spec: SparsifySpec) -> list[dict]:
     """What a multi-node training attempt needs besides its Job: the rendezvous Service and the
     NetworkPolicy that keeps other pods away from the ranks' ports."""
-    if int(spec["training"]["nodes"]) <= 1:
+    if not spec.multi_node:
         return []
     return [construct_rendezvous_service(sj), construct_network_policy(sj)]
 
@@ -84,9 +46,9 @@ def stage_status(attempts: list[Attempt]) -> dict:
         "completionTime": last.completion_time,
         "exitCode": last.exit_code,
         "reason": last.reason,
-        "message": (last.summary.get("error") or last.message or "")[:MESSAGE_LIMIT] if last.state == "Failed" else None,
-        "waitingReason": last.waiting_reason if last.state == "Pending" else None,
-        "waitingMessage": last.waiting_message[:MESSAGE_LIMIT] if last.state == "Pending" and last.waiting_reason else None,
+        "message": (last.summary.get("error") or last.message or "")[:MESSAGE_LIMIT] if last.state == Phase.FAILED else None,
+        "waitingReason": last.waiting_reason if last.state == Phase.PENDING else None,
+        "waitingMessage": last.waiting_message[:MESSAGE_LIMIT] if last.state == Phase.PENDING and last.waiting_reason else None,
         "batchSize": last.batch_size,
         "podFailures": sum(a.pods_failed for a in attempts) or None,
     }
@@ -178,12 +140,12 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
         spec = normalized(sj.get("spec"))
     except SpecError as e:
         p.status = {
-            "phase": "Failed",
+            "phase": Phase.FAILED,
             "observedGeneration": generation,
-            "conditions": conditions("Failed", "InvalidSpec", str(e), generation, now, old.get("conditions")),
+            "conditions": conditions(Phase.FAILED, Reason.INVALID_SPEC, str(e), generation, now, old.get("conditions")),
         }
-        if old.get("phase") != "Failed":
-            p.events.append(("Warning", "InvalidSpec", str(e)))
+        if old.get("phase") != Phase.FAILED:
+            p.events.append(("Warning", Reason.INVALID_SPEC, str(e)))
         return p
 
     if old.get("phase") in TERMINAL:
@@ -194,79 +156,41 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
 
     summaries: dict[str, dict] = {}
     stages: dict[str, dict] = {}
-    phase, reason, message = "Succeeded", "Succeeded", "all stages succeeded"
+    phase, reason, message = Phase.SUCCEEDED, Reason.SUCCEEDED, "all stages succeeded"
     for stage in STAGES:
-        attempts = observed.get(stage, [])
+        attempts = list(observed.get(stage, []))
         if not attempts:
-            batch = int(spec["training"]["batchSize"]) if stage == "train" else None
-            job = construct_job(sj, spec, stage, 0, config, batch, summaries)
-            p.create += [*(group_children(sj, spec) if stage == "train" else []), job]
-            stages[stage] = {"phase": "Pending", "job": job["metadata"]["name"], "attempts": 1}
-            phase, reason, message = STAGE_PHASES[stage], "StageRunning", f"{stage}: Job {job['metadata']['name']} created"
+            job = _create_attempt(p, sj, spec, stage, 0, config, None, summaries)
+            stages[stage] = stage_status([_planned(stage, job)])
+            phase, reason, message = STAGE_PHASES[stage], Reason.STAGE_RUNNING, f"{stage}: Job {job['metadata']['name']} created"
             break
         last = attempts[-1]
         if start_overdue(last, config, now):
-            why = last.waiting_reason or "NotStarted"
-            detail = last.waiting_message or "no pod of the Job started"
-            last.state, last.reason = "Failed", "StartDeadlineExceeded"
-            last.message = f"{why}: {detail} (not started within {config.start_deadline_seconds}s)"
+            last = attempts[-1] = given_up(last, config)
             p.give_up.append((last.job, f"{last.reason}: {last.message}"))
-        stages[stage] = stage_status(attempts)
-        if last.state == "Succeeded":
+        if last.state == Phase.SUCCEEDED:
+            stages[stage] = stage_status(attempts)
             summaries[stage] = last.summary
             continue
-        if last.state == "Failed":
-            if stage == "train" and resumable(spec, last):
-                retry = next_train_attempt(spec, attempts)
-                if retry is not None:
-                    new_batch = retry
-                    job = construct_job(sj, spec, stage, last.attempt + 1, config, new_batch, summaries)
-                    p.create += [*group_children(sj, spec), job]
-                    if last.oom:
-                        what = "ran out of GPU memory (CUDA OOM)" if last.reason == "GPUOutOfMemory" else "was OOM-killed"
-                        p.events.append(
-                            (
-                                "Warning",
-                                "OOMRetry",
-                                f"train attempt {last.attempt} {what} at batch size {last.batch_size}; "
-                                f"resuming from the last checkpoint with batch size {new_batch} (Job {job['metadata']['name']})",
-                            )
-                        )
-                    else:
-                        how = (
-                            "was killed (exit 137)"
-                            if last.reason == "Killed"
-                            else (f"failed on one rank ({last.reason}, exit code {last.exit_code}); the whole group stopped")
-                        )
-                        p.events.append(
-                            (
-                                "Warning",
-                                "KilledRetry",
-                                f"train attempt {last.attempt} {how}; resuming from the last checkpoint "
-                                f"with batch size {new_batch} (Job {job['metadata']['name']})",
-                            )
-                        )
-                    stages[stage].update(
-                        {"phase": "Pending", "job": job["metadata"]["name"], "attempts": len(attempts) + 1, "batchSize": new_batch}
-                    )
-                    stages[stage].setdefault("retries", []).append(
-                        {"attempt": last.attempt, "job": last.job, "reason": last.reason, "batchSize": last.batch_size}
-                    )
-                    for k in ("exitCode", "reason", "message", "completionTime"):
-                        stages[stage].pop(k, None)
-                    phase, reason = STAGE_PHASES[stage], ("OOMRetry" if last.oom else "KilledRetry")
-                    message = f"train: resuming with batch size {new_batch}"
-                    break
-            phase = "Failed"
-            reason = last.reason or "Failed"
+        retry = retry_decision(spec, attempts) if stage == "train" and last.state == Phase.FAILED else None
+        if retry:
+            job = _create_attempt(p, sj, spec, stage, last.attempt + 1, config, retry.batch_size, summaries)
+            p.announce[job["metadata"]["name"]].append(("Warning", retry.reason, retry.message(job["metadata"]["name"])))
+            stages[stage] = stage_status([*attempts, _planned(stage, job)])
+            phase, reason, message = STAGE_PHASES[stage], retry.reason, f"train: resuming with batch size {retry.batch_size}"
+            break
+        stages[stage] = stage_status(attempts)
+        if last.state == Phase.FAILED:
+            phase = Phase.FAILED
+            reason = last.reason or Reason.FAILED
             detail = stages[stage].get("message") or ""
             code = f" with exit code {last.exit_code}" if last.exit_code is not None else ""
             message = f"stage {stage} failed ({reason}){code}" + (f": {detail}" if detail else "")
             break
-        phase, reason = STAGE_PHASES[stage], "StageRunning"
+        phase, reason = STAGE_PHASES[stage], Reason.STAGE_RUNNING
         message = f"{stage}: Job {last.job} is {last.state.lower()}"
-        if last.state == "Pending" and last.waiting_reason:
-            reason = "PodNotStarting"
+        if last.state == Phase.PENDING and last.waiting_reason:
+            reason = Reason.POD_NOT_STARTING
             message += (
                 f": {last.waiting_reason}: {last.waiting_message} (the stage fails if no pod starts within "
                 f"{config.start_deadline_seconds}s)"
@@ -275,7 +199,7 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
 
     status = {
         "phase": phase,
-        "recipe": recipe_name(spec),
+        "recipe": spec.recipe_name,
         "observedGeneration": generation,
         "stages": stages,
         "results": collect_results(summaries),
@@ -290,6 +214,36 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
     return p
 
 
+def _create_attempt(
+    p: Plan,
+    sj: dict,
+    spec: SparsifySpec,
+    stage: str,
+    attempt: int,
+    config: OperatorConfig,
+    batch_size: int | None,
+    summaries: dict[str, dict],
+) -> dict:
+    """Add one stage attempt (and, for a training group, its Service and NetworkPolicy) to the plan."""
+    job = construct_job(sj, spec, stage, attempt, config, batch_size, summaries)
+    p.create += [*(group_children(sj, spec) if stage == "train" else []), job]
+    p.announce[job["metadata"]["name"]] = [("Normal", Reason.JOB_CREATED, f"created Job {job['metadata']['name']}")]
+    return job
+
+
+def _planned(stage: str, job: dict) -> Attempt:
+    """The attempt this plan creates, as its stage status shows it until the Job is seen."""
+    meta = job["metadata"]
+    batch = meta["annotations"].get(ANNOTATION_BATCH_SIZE)
+    return Attempt(
+        stage=stage,
+        attempt=int(meta["labels"][LABEL_ATTEMPT]),
+        job=meta["name"],
+        state=Phase.PENDING,
+        batch_size=int(batch) if batch else None,
+    )
+
+
 def refused(sj: dict, status: dict, kind: str, name: str, code: int, server_message: str, now: str) -> tuple[dict, tuple[str, str, str]]:
     """The API server refused to create a child (a 4xx other than a conflict or throttling: a
     quota, an admission policy, an invalid object): retrying cannot help, so the SparsifyJob
@@ -299,11 +253,11 @@ def refused(sj: dict, status: dict, kind: str, name: str, code: int, server_mess
     old = _sane_status(sj.get("status"))
     out = {
         **status,
-        "phase": "Failed",
+        "phase": Phase.FAILED,
         "completionTime": old.get("completionTime") or now,
-        "conditions": conditions("Failed", "ChildRejected", message, generation, now, old.get("conditions")),
+        "conditions": conditions(Phase.FAILED, Reason.CHILD_REJECTED, message, generation, now, old.get("conditions")),
     }
-    return out, ("Warning", "ChildRejected", message)
+    return out, ("Warning", Reason.CHILD_REJECTED, message)
 
 
 def _sane_status(status) -> dict:
@@ -327,10 +281,10 @@ def transition_events(old: dict, new: dict) -> list[tuple[str, str, str]]:
     old_stages = old.get("stages") or {}
     for stage, s in new.get("stages", {}).items():
         before = (old_stages.get(stage) or {}).get("phase")
-        if s["phase"] != before and s["phase"] in ("Running", "Succeeded", "Failed"):
-            kind = "Warning" if s["phase"] == "Failed" else "Normal"
+        if s["phase"] != before and s["phase"] in (Phase.RUNNING, *TERMINAL):
+            kind = "Warning" if s["phase"] == Phase.FAILED else "Normal"
             text = f"stage {stage} {s['phase'].lower()} (Job {s['job']})"
-            if s["phase"] == "Failed":
+            if s["phase"] == Phase.FAILED:
                 text += f": {s.get('reason')}" + (f", exit code {s['exitCode']}" if s.get("exitCode") is not None else "")
                 text += f": {s['message']}" if s.get("message") and s.get("exitCode") is None else ""
             events.append((kind, f"Stage{s['phase']}", text))
@@ -343,6 +297,6 @@ def transition_events(old: dict, new: dict) -> list[tuple[str, str, str]]:
             events.append(("Warning", c["reason"], c["message"]))  # the result is not what users came for: say so
     if new["phase"] != old.get("phase"):
         ready = next(c for c in new["conditions"] if c["type"] == "Ready")
-        kind = "Warning" if new["phase"] == "Failed" else "Normal"
+        kind = "Warning" if new["phase"] == Phase.FAILED else "Normal"
         events.append((kind, new["phase"], ready["message"]))
     return events

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from .api import Phase, Reason
+
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what Kubernetes writes and what the status uses
 
 
@@ -31,13 +33,12 @@ def condition(kind: str, ok: bool, reason: str, message: str, generation: int | 
 
 def conditions(phase: str, reason: str, message: str, generation: int | None, now: str, old: list[dict] | None) -> list[dict]:
     """Ready (what GitOps tools wait for), Reconciling while stages run, Stalled on failure."""
-    done, failed = phase == "Succeeded", phase == "Failed"
+    done, failed = phase == Phase.SUCCEEDED, phase == Phase.FAILED
+    running = not (done or failed)
     return [
-        condition("Ready", done, "Succeeded" if done else (reason if failed else "InProgress"), message, generation, now, old),
-        condition(
-            "Reconciling", not (done or failed), "StageRunning" if not (done or failed) else "Finished", message, generation, now, old
-        ),
-        condition("Stalled", failed, reason if failed else "NoFailure", message if failed else "", generation, now, old),
+        condition("Ready", done, Reason.SUCCEEDED if done else (reason if failed else Reason.IN_PROGRESS), message, generation, now, old),
+        condition("Reconciling", running, Reason.STAGE_RUNNING if running else Reason.FINISHED, message, generation, now, old),
+        condition("Stalled", failed, reason if failed else Reason.NO_FAILURE, message if failed else "", generation, now, old),
     ]
 
 

@@ -3,22 +3,21 @@
 import json
 
 from sparsify_operator.builders import (
-    OperatorConfig,
     construct_job,
     construct_network_policy,
     construct_rendezvous_service,
     job_name,
     scaled_quantity,
 )
+from sparsify_operator.config import OperatorConfig
 from sparsify_operator.spec import normalized
-
-from .factories import sparsifyjob
+from tests.support.objects import stored_sparsifyjob
 
 CFG = OperatorConfig(worker_command=("sparsify-worker",), train_launcher=("torchrun",))
 
 
 def build(stage, sj=None, attempt=0, batch=None):
-    sj = sj or sparsifyjob()
+    sj = sj or stored_sparsifyjob()
     return construct_job(sj, normalized(sj["spec"]), stage, attempt, CFG, batch, {})
 
 
@@ -65,12 +64,22 @@ def test_single_node_training_pod():
     # the worker's CUDA OOM (75) and a SIGKILL (137) fail the attempt at once; the operator resumes it
     assert j["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [75, 137]
     assert pod["restartPolicy"] == "Never" and "completionMode" not in j["spec"]
-    assert env_of(j)["SPARSIFY_BATCH_SIZE"] == "64"
     assert j["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "64"
 
 
+def test_a_training_attempt_receives_one_batch_size_its_own():
+    """An OOM retry's pod gets the halved batch inside the spec it reads; nothing else says a
+    batch size, so the worker has nothing to choose between."""
+    j = build("train", attempt=1, batch=32)
+    spec = json.loads(j["spec"]["template"]["metadata"]["annotations"]["yolo-sparsify.io/spec"])
+    assert spec["training"]["batchSize"] == 32 and j["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "32"
+    assert not [name for name in env_of(j) if "BATCH" in name]
+    first = json.loads(build("train")["spec"]["template"]["metadata"]["annotations"]["yolo-sparsify.io/spec"])
+    assert first["training"]["batchSize"] == 64  # the spec's own on the first attempt
+
+
 def test_multi_node_training_is_an_indexed_job_with_rendezvous_at_index_0():
-    sj = sparsifyjob(training={"nodes": 3, "gpusPerNode": 8, "batchSize": 240})
+    sj = stored_sparsifyjob(training={"nodes": 3, "gpusPerNode": 8, "batchSize": 240})
     j = build("train", sj=sj, attempt=1, batch=240)
     assert (j["spec"]["completionMode"], j["spec"]["completions"], j["spec"]["parallelism"]) == ("Indexed", 3, 3)
     pod = j["spec"]["template"]["spec"]
@@ -96,7 +105,7 @@ def test_multi_node_training_is_an_indexed_job_with_rendezvous_at_index_0():
 
 
 def test_kueue_queue_creates_suspended_jobs_with_the_queue_label():
-    j = build("train", sj=sparsifyjob(training={"queueName": "gpu-queue"}), batch=64)
+    j = build("train", sj=stored_sparsifyjob(training={"queueName": "gpu-queue"}), batch=64)
     assert j["spec"]["suspend"] is True
     assert j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert "suspend" not in build("train", batch=64)["spec"]
@@ -126,7 +135,7 @@ def test_security_defaults_and_credentials_only_by_reference():
 
 
 def test_workload_identity_uses_the_service_account_and_its_token():
-    sj = sparsifyjob(output={"bucket": "models", "serviceAccountName": "s3-writer", "endpoint": "http://minio:9000"})
+    sj = stored_sparsifyjob(output={"bucket": "models", "serviceAccountName": "s3-writer", "endpoint": "http://minio:9000"})
     sj["spec"]["output"].pop("credentialsSecret")
     pod = build("export", sj=sj)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "s3-writer" and pod["automountServiceAccountToken"] is True
@@ -162,14 +171,14 @@ def test_stage_env_carries_the_contract():
 
 def test_a_64k_inline_recipe_reaches_the_pod_as_a_file_not_an_environment_variable():
     recipe = 'version: "1.1.0"\n' + ("# " + "é" * 100 + "\n") * 310  # 62 KiB; 187 KB JSON-escaped, past the 128 KiB env limit
-    sj = sparsifyjob(recipe={"inline": recipe, "targetArch": "yolov5s"})
+    sj = stored_sparsifyjob(recipe={"inline": recipe, "targetArch": "yolov5s"})
     job = build("train", sj=sj, batch=64)
     assert spec_files(job)["/etc/sparsify/spec.json"]["recipe"]["inline"] == recipe
     assert max(len(e["value"]) for e in job["spec"]["template"]["spec"]["containers"][0]["env"]) < 4096
 
 
 def test_operator_variables_always_win_over_the_specs_env():
-    sj = sparsifyjob(
+    sj = stored_sparsifyjob(
         env=[
             {"name": "SPARSIFY_OUTPUT_URI", "value": "s3://models/sparsify/other-team/x"},
             {"name": "AWS_ENDPOINT_URL_S3", "value": "http://evil:9000"},
@@ -188,17 +197,17 @@ def test_operator_variables_always_win_over_the_specs_env():
 
 
 def test_every_stage_requests_cpu_memory_and_disk_and_training_scales_with_gpus():
-    train = build("train", sj=sparsifyjob(training={"gpusPerNode": 4, "batchSize": 64}), batch=64)
+    train = build("train", sj=stored_sparsifyjob(training={"gpusPerNode": 4, "batchSize": 64}), batch=64)
     res = train["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "32", "memory": "192Gi", "ephemeral-storage": "80Gi", "nvidia.com/gpu": "4"}
     assert res["limits"] == {"nvidia.com/gpu": "4"}
-    own = sparsifyjob(
+    own = stored_sparsifyjob(
         training={"gpusPerNode": 2, "batchSize": 64, "resources": {"requests": {"memory": "100Gi"}, "limits": {"memory": "200Gi"}}}
     )
     res = build("train", sj=own, batch=64)["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"]["memory"] == "100Gi" and res["requests"]["cpu"] == "16" and res["limits"]["memory"] == "200Gi"
     cfg = OperatorConfig(train_requests_per_gpu=(("cpu", "500m"),), train_limits_per_gpu=(("memory", "8Gi"),))
-    sj = sparsifyjob(training={"gpusPerNode": 3, "batchSize": 63})
+    sj = stored_sparsifyjob(training={"gpusPerNode": 3, "batchSize": 63})
     res = construct_job(sj, normalized(sj["spec"]), "train", 0, cfg, 63, {})["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "1500m", "nvidia.com/gpu": "3"} and res["limits"] == {"memory": "24Gi", "nvidia.com/gpu": "3"}
     for stage in ("validate", "export", "benchmark", "publish"):
@@ -210,7 +219,7 @@ def test_every_stage_requests_cpu_memory_and_disk_and_training_scales_with_gpus(
 
 
 def test_only_the_gpu_stage_is_queued():
-    sj = sparsifyjob(training={"queueName": "gpu-queue"})
+    sj = stored_sparsifyjob(training={"queueName": "gpu-queue"})
     assert "suspend" not in build("validate", sj=sj)["spec"]
     assert "kueue.x-k8s.io/queue-name" not in build("export", sj=sj)["metadata"]["labels"]
 
@@ -219,13 +228,13 @@ def test_platform_defaults_fill_what_the_spec_leaves_empty():
     cfg = OperatorConfig(
         gpu_node_selector=(("node.kubernetes.io/instance-type", "p4d.24xlarge"),), s3_endpoint="http://minio:9000", queue_name="team-a"
     )
-    sj = sparsifyjob()
+    sj = stored_sparsifyjob()
     spec = normalized(sj["spec"])
     train = construct_job(sj, spec, "train", 0, cfg, 64, {})
     assert train["spec"]["template"]["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4d.24xlarge"}
     assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and train["spec"]["suspend"] is True
     assert env_of(train)["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
-    own = sparsifyjob(training={"nodeSelector": {"pool": "mine"}})
+    own = stored_sparsifyjob(training={"nodeSelector": {"pool": "mine"}})
     assert construct_job(own, normalized(own["spec"]), "train", 0, cfg, 64, {})["spec"]["template"]["spec"]["nodeSelector"] == {
         "pool": "mine"
     }
@@ -234,7 +243,7 @@ def test_platform_defaults_fill_what_the_spec_leaves_empty():
 def test_a_node_dataset_cache_is_mounted_into_training_pods_only_when_the_platform_sets_one():
     assert "SPARSIFY_DATASET_CACHE" not in env_of(build("train", batch=64))
     cfg = OperatorConfig(dataset_cache_host_path="/var/lib/sparsify/datasets")
-    sj = sparsifyjob()
+    sj = stored_sparsifyjob()
     train = construct_job(sj, normalized(sj["spec"]), "train", 0, cfg, 64, {})
     pod = train["spec"]["template"]["spec"]
     assert {"name": "datasets", "hostPath": {"path": "/var/lib/sparsify/datasets", "type": "DirectoryOrCreate"}} in pod["volumes"]

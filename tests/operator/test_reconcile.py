@@ -2,12 +2,13 @@
 
 import json
 
-from sparsify_operator.builders import OperatorConfig
+from sparsify_operator.config import OperatorConfig
 from sparsify_operator.observe import observe, observe_attempt, observe_needs_pods
-from sparsify_operator.reconcile import halved_batch, plan, start_overdue
+from sparsify_operator.reconcile import plan
+from sparsify_operator.retry_policy import halved_batch
+from sparsify_operator.start_deadline import start_overdue
 from sparsify_operator.status import merge_patch
-
-from .factories import job, pod, sparsifyjob
+from tests.support.objects import job, pod, stored_sparsifyjob
 
 CFG = OperatorConfig()
 NOW = "2026-11-29T00:00:00Z"
@@ -33,7 +34,7 @@ def done(*stages):
 
 
 def test_new_sparsifyjob_starts_with_the_cheap_validate_stage():
-    p = plan(sparsifyjob(), {}, CFG, NOW)
+    p = plan(stored_sparsifyjob(), {}, CFG, NOW)
     assert [m["metadata"]["name"] for m in p.create] == ["demo-validate"]
     assert p.status["phase"] == "Validating"
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
@@ -42,7 +43,7 @@ def test_new_sparsifyjob_starts_with_the_cheap_validate_stage():
 
 def test_train_follows_validate_with_the_spec_batch_size():
     jobs, pods = done("validate")
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     (train,) = p.create
     assert train["metadata"]["name"] == "demo-train"
     assert train["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "64"
@@ -52,7 +53,7 @@ def test_running_stage_creates_nothing():
     jobs, pods = done("validate")
     jobs.append(job("train", state="Running", batch=64))
     pods["demo-train"] = [pod("Running")]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Training"
     assert p.status["stages"]["train"]["phase"] == "Running"
 
@@ -69,20 +70,22 @@ def test_oom_retries_with_half_the_batch_then_gives_up():
     jobs, pods = done("validate")
     jobs.append(job("train", state="Failed", batch=64, reason="PodFailurePolicy"))
     pods["demo-train"] = [pod("Failed", 137, "OOMKilled")]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     (retry,) = p.create
     assert retry["metadata"]["name"] == "demo-train-r1"
     assert retry["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "32"
     assert p.status["stages"]["train"]["retries"] == [{"attempt": 0, "job": "demo-train", "reason": "OOMKilled", "batchSize": 64}]
-    assert ("Warning", "OOMRetry") in [(k, r) for k, r, _ in p.events]
+    # said once, by the reconcile that creates the retry (a Job that already exists says nothing again)
+    assert [r for _, r, _ in p.announce["demo-train-r1"]] == ["JobCreated", "OOMRetry"]
+    assert "OOMRetry" not in [r for _, r, _ in p.events]
     # second OOM -> r2 at 16; third OOM exhausts maxOOMRetries (2) -> Failed with the reason
     jobs.append(job("train", 1, state="Failed", batch=32, reason="PodFailurePolicy"))
     pods["demo-train-r1"] = [pod("Failed", 137, "OOMKilled")]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert [m["metadata"]["name"] for m in p.create] == ["demo-train-r2"]
     jobs.append(job("train", 2, state="Failed", batch=16, reason="PodFailurePolicy"))
     pods["demo-train-r2"] = [pod("Failed", 137, "OOMKilled")]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Failed"
     stalled = next(c for c in p.status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "OOMKilled" and "exit code 137" in stalled["message"]
@@ -96,7 +99,7 @@ def test_failed_stage_fails_the_sparsifyjob_with_reason_and_message():
     jobs, pods = done("validate", "train")
     jobs.append(job("export", state="Failed", reason="DeadlineExceeded"))
     pods["demo-export"] = [pod("Failed", 143, "Error", message=json.dumps({"error": "export timed out"}))]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert p.status["phase"] == "Failed" and p.create == []
     assert p.status["stages"]["export"]["reason"] == "DeadlineExceeded"
     assert p.status["stages"]["export"]["message"] == "export timed out"
@@ -106,7 +109,7 @@ def test_failed_stage_fails_the_sparsifyjob_with_reason_and_message():
 
 def test_all_stages_done_gives_results_for_kubectl_get():
     jobs, pods = done("validate", "train", "export", "benchmark", "publish")
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     r = p.status["results"]
     assert p.status["phase"] == "Succeeded" and p.create == []
     assert (r["map50"], r["sparsity"], r["size"], r["imagesPerSecond"]) == (0.52, 0.74, "2.3MB", 396.7)
@@ -118,12 +121,12 @@ def test_all_stages_done_gives_results_for_kubectl_get():
 
 def test_finished_run_is_never_restarted_even_if_its_jobs_are_gone():
     old = {"phase": "Succeeded", "conditions": [], "startTime": "t"}
-    p = plan(sparsifyjob(status=old), {}, CFG, NOW)
+    p = plan(stored_sparsifyjob(status=old), {}, CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Succeeded"
 
 
 def test_malformed_spec_becomes_a_failed_status_not_a_crash():
-    sj = sparsifyjob()
+    sj = stored_sparsifyjob()
     sj["spec"] = {"model": "yolov5s"}
     p = plan(sj, {}, CFG, NOW)
     assert p.status["phase"] == "Failed" and p.create == []
@@ -132,9 +135,9 @@ def test_malformed_spec_becomes_a_failed_status_not_a_crash():
 
 def test_transitions_emit_events_once():
     jobs, pods = done("validate")
-    first = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    first = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert ("Normal", "StageSucceeded") in [(k, r) for k, r, _ in first.events]
-    again = plan(sparsifyjob(status=first.status), observe(jobs, pods), CFG, NOW)
+    again = plan(stored_sparsifyjob(status=first.status), observe(jobs, pods), CFG, NOW)
     assert again.events == []
     assert merge_patch(first.status, again.status) == {}  # nothing to write either
 
@@ -147,7 +150,7 @@ def test_a_kill_that_is_not_oom_resumes_with_the_same_batch_up_to_backoff_limit(
     jobs, pods = done("validate")
     jobs.append(job("train", state="Failed", batch=64, reason="PodFailurePolicy"))
     pods["demo-train"] = [pod("Failed", 137, "Error")]
-    sj = sparsifyjob(training={"backoffLimit": 1})
+    sj = stored_sparsifyjob(training={"backoffLimit": 1})
     p = plan(sj, observe(jobs, pods), CFG, NOW)
     assert [m["metadata"]["name"] for m in p.create] == ["demo-train-r1"]
     assert p.create[0]["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "64"
@@ -162,16 +165,16 @@ def test_a_cuda_oom_is_retried_like_an_oom_kill_with_half_the_batch():
     jobs.append(job("train", state="Failed", batch=64, reason="PodFailurePolicy"))
     oom = json.dumps({"stage": "train", "error": "OutOfMemoryError: CUDA out of memory", "reason": "GPUOutOfMemory"})
     pods["demo-train"] = [pod("Failed", 75, "Error", message=oom)]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     (retry,) = p.create
     assert retry["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "32"
     assert p.status["stages"]["train"]["retries"][0]["reason"] == "GPUOutOfMemory"
-    (event,) = [m for k, r, m in p.events if r == "OOMRetry"]
+    (event,) = [m for k, r, m in p.announce["demo-train-r1"] if r == "OOMRetry"]
     assert "ran out of GPU memory (CUDA OOM) at batch size 64" in event and "batch size 32" in event
     # a plain error exit (1) is a bug, not memory: the stage fails with the worker's message
     jobs[-1] = job("train", state="Failed", batch=64, reason="BackoffLimitExceeded")
     pods["demo-train"] = [pod("Failed", 1, "Error", message=json.dumps({"stage": "train", "error": "ValueError: bad"}))]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Failed" and "ValueError: bad" in p.status["stages"]["train"]["message"]
 
 
@@ -193,7 +196,7 @@ def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
     jobs, pods = done("validate", "train", "export")
     jobs.append(job("benchmark", state="Succeeded"))
     pods["demo-benchmark"] = [pod("Succeeded", 0, message=benchmark_summary([slow, fast, forged, "junk"]))]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     by_type = {c["type"]: c for c in p.status["conditions"]}
     assert by_type["NativelyRun"]["status"] == "False" and by_type["NativelyRun"]["reason"] == "PartlyNative"
     assert by_type["FasterThanDense"]["status"] == "True"
@@ -203,7 +206,7 @@ def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
     r = p.status["results"]
     assert r["speedup"] == 2.0 and r["denseMap50"] == 0.5 and r["accuracyRetention"] == round(0.52 / 0.5, 3)
     # the next reconcile sees the condition already False: no second warning
-    again = plan(sparsifyjob(status=p.status), observe(jobs, pods), CFG, NOW)
+    again = plan(stored_sparsifyjob(status=p.status), observe(jobs, pods), CFG, NOW)
     assert not [e for e in again.events if e[1] == "PartlyNative"]
 
 
@@ -212,10 +215,10 @@ def test_verdicts_become_conditions_and_a_failing_one_a_warning_event_once():
 
 def test_a_finished_runs_status_is_never_rewritten_even_when_its_pods_are_gone():
     jobs, pods = done("validate", "train", "export", "benchmark", "publish")
-    finished = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW).status
+    finished = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW).status
     assert finished["phase"] == "Succeeded" and finished["results"]["map50"] == 0.52
     # an operator restarted after pod garbage collection: the Jobs are there, their pods are not
-    again = plan(sparsifyjob(status=finished), observe(jobs, {}), CFG, "2026-11-30T00:00:00Z")
+    again = plan(stored_sparsifyjob(status=finished), observe(jobs, {}), CFG, "2026-11-30T00:00:00Z")
     assert again.status == finished and again.create == [] and again.events == []
     assert merge_patch(finished, again.status) == {}
 
@@ -237,7 +240,7 @@ def waiting_pod(reason, message):
 def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_start_deadline():
     j = pending()
     pods = {"demo-validate": [waiting_pod("CreateContainerConfigError", 'secret "s3-creds" not found')]}
-    early = plan(sparsifyjob(), observe([j], pods), CFG, "2026-11-29T00:00:30Z")
+    early = plan(stored_sparsifyjob(), observe([j], pods), CFG, "2026-11-29T00:00:30Z")
     st = early.status["stages"]["validate"]
     assert (st["phase"], st["waitingReason"], st["waitingMessage"]) == (
         "Pending",
@@ -248,8 +251,8 @@ def test_a_pod_that_cannot_start_is_said_at_once_and_fails_the_stage_at_the_star
     ready = next(c for c in early.status["conditions"] if c["type"] == "Ready")
     assert 'secret "s3-creds" not found' in ready["message"] and "300s" in ready["message"]
     assert ("Warning", "CreateContainerConfigError") in [(k, r) for k, r, _ in early.events]
-    assert plan(sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:01:00Z").events == []  # said once
-    late = plan(sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:05:01Z")
+    assert plan(stored_sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:01:00Z").events == []  # said once
+    late = plan(stored_sparsifyjob(status=early.status), observe([j], pods), CFG, "2026-11-29T00:05:01Z")
     assert late.status["phase"] == "Failed" and late.create == []
     assert late.status["stages"]["validate"]["reason"] == "StartDeadlineExceeded"
     assert late.give_up == [
@@ -278,12 +281,12 @@ def test_unschedulable_and_failed_create_are_reasons_too_and_kueue_held_jobs_are
     held = pending("train")
     held["spec"]["suspend"] = True
     jobs, pods = done("validate")
-    p = plan(sparsifyjob(), observe([*jobs, held], pods), CFG, "2026-11-30T00:00:00Z")
+    p = plan(stored_sparsifyjob(), observe([*jobs, held], pods), CFG, "2026-11-30T00:00:00Z")
     assert p.give_up == [] and p.status["stages"]["train"]["phase"] == "Suspended"
 
 
 def test_a_failed_rank_fails_the_group_and_the_whole_group_resumes_as_a_new_attempt():
-    sj = sparsifyjob(training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64, "backoffLimit": 1})
+    sj = stored_sparsifyjob(training={"nodes": 2, "gpusPerNode": 4, "batchSize": 64, "backoffLimit": 1})
     jobs, pods = done("validate")
     group = job("train", state="Failed", batch=64, reason="PodFailurePolicy")
     group["spec"]["completionMode"] = "Indexed"
@@ -297,7 +300,7 @@ def test_a_failed_rank_fails_the_group_and_the_whole_group_resumes_as_a_new_atte
     assert [m["kind"] for m in p.create] == ["Service", "NetworkPolicy", "Job"]
     assert p.create[-1]["metadata"]["name"] == "demo-train-r1"
     assert p.status["stages"]["train"]["retries"] == [{"attempt": 0, "job": "demo-train", "reason": "Error", "batchSize": 64}]
-    (msg,) = [m for _, r, m in p.events if r == "KilledRetry"]
+    (msg,) = [m for _, r, m in p.announce["demo-train-r1"] if r == "KilledRetry"]
     assert "failed on one rank (Error, exit code 1)" in msg
     # backoffLimit group restarts are spent: the next failure fails the run with the first rank's words
     retry = job("train", 1, state="Failed", batch=64, reason="PodFailurePolicy")
@@ -312,16 +315,16 @@ def test_a_single_node_failure_that_is_not_a_kill_is_not_resumed():
     jobs, pods = done("validate")
     jobs.append(job("train", state="Failed", batch=64))
     pods["demo-train"] = [pod("Failed", 1, "Error", message=json.dumps({"error": "bad recipe"}))]
-    p = plan(sparsifyjob(), observe(jobs, pods), CFG, NOW)
+    p = plan(stored_sparsifyjob(), observe(jobs, pods), CFG, NOW)
     assert p.create == [] and p.status["phase"] == "Failed"
 
 
 def test_a_refused_child_fails_the_run_with_the_servers_message():
     from sparsify_operator.reconcile import refused
 
-    p = plan(sparsifyjob(), {}, CFG, NOW)
+    p = plan(stored_sparsifyjob(), {}, CFG, NOW)
     status, event = refused(
-        sparsifyjob(), p.status, "Job", "demo-validate", 403, 'jobs.batch "demo-validate" is forbidden: exceeded quota: no-jobs', NOW
+        stored_sparsifyjob(), p.status, "Job", "demo-validate", 403, 'jobs.batch "demo-validate" is forbidden: exceeded quota: no-jobs', NOW
     )
     assert status["phase"] == "Failed" and status["completionTime"] == NOW
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
