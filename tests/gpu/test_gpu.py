@@ -79,16 +79,21 @@ def test_a_real_cuda_oom_exits_75_and_a_half_batch_attempt_resumes(dataset, s3_e
     store = Store(client(s3_endpoint))
     for f in sorted(p for p in dataset.rglob("*") if p.is_file()):
         store.upload(f, f"s3://artifacts/gpu/data/{f.relative_to(dataset)}")
-    spec = {
-        "model": {"arch": "yolov5s"},
-        "recipe": {"preset": "pruned-quantized"},
-        "dataset": {"uri": "s3://artifacts/gpu/data/"},
-        "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 96, "epochs": 3, "imgSize": 640},
-        "output": {"bucket": "artifacts", "prefix": "gpu"},
-    }
+    from sparsify_operator.spec import normalized
+
+    spec = normalized(
+        {
+            "model": {"arch": "yolov5s"},
+            "recipe": {"preset": "pruned-quantized"},
+            "dataset": {"uri": "s3://artifacts/gpu/data/"},
+            "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 96, "epochs": 3, "imgSize": 640},
+            "output": {"bucket": "artifacts", "prefix": "gpu"},
+        }
+    ).to_dict()  # what the operator gives a pod
     batch, attempts = 96, []
     while batch >= 1 and len(attempts) < 7:
         term = tmp_path / f"term-{batch}"
+        spec["training"]["batchSize"] = batch  # each attempt's pod is given its own batch size in the spec
         env = {
             **os.environ,
             "SPARSIFY_SPEC": json.dumps(spec),
@@ -96,7 +101,6 @@ def test_a_real_cuda_oom_exits_75_and_a_half_batch_attempt_resumes(dataset, s3_e
             "SPARSIFY_NAMESPACE": "gpu",
             "SPARSIFY_NAME": "oom",
             "SPARSIFY_OUTPUT_URI": "s3://artifacts/gpu/oom",
-            "SPARSIFY_BATCH_SIZE": str(batch),
             "AWS_ENDPOINT_URL_S3": s3_endpoint,
             "TERMINATION_MESSAGE_PATH": str(term),
             "SPARSIFY_WORKDIR": str(tmp_path / f"work-{batch}"),

@@ -3,8 +3,8 @@ one JSON summary in the termination message out) without the ML stack.
 
 Behaviour comes from the SparsifyJob's spec.env:
   STANDIN_FAIL_STAGE=export        exit 2 in that stage with an error summary
-  STANDIN_OOM_ABOVE_BATCH=16       in train, exit 137 while SPARSIFY_BATCH_SIZE > 16
-  STANDIN_GPU_OOM_ABOVE_BATCH=16   in train, exit 75 (the worker's CUDA OOM) while SPARSIFY_BATCH_SIZE > 16
+  STANDIN_OOM_ABOVE_BATCH=16       in train, exit 137 while the spec's training.batchSize > 16
+  STANDIN_GPU_OOM_ABOVE_BATCH=16   in train, exit 75 (the worker's CUDA OOM) while the spec's training.batchSize > 16
   STANDIN_TRAIN_SECONDS=20         make train take that long (to kill/restart things meanwhile)
   STANDIN_FAIL_RANK=1:0            in train, the pod of completion index 1 exits 3 in attempt 0 (one rank of a group fails)
 """
@@ -38,7 +38,7 @@ def main() -> None:
     if stage == "validate":
         finish({"stage": stage, "ok": True, "recipe": os.environ["SPARSIFY_RECIPE"]})
     if stage == "train":
-        batch = int(os.environ["SPARSIFY_BATCH_SIZE"])
+        batch = int(spec["training"]["batchSize"])  # this attempt's (an OOM retry's is halved)
         rank_fault = os.environ.get("STANDIN_FAIL_RANK", "")
         if rank_fault and rank_fault == f"{os.environ.get('JOB_COMPLETION_INDEX')}:{os.environ['SPARSIFY_ATTEMPT']}":
             finish({"stage": stage, "error": f"stand-in failure of rank {rank_fault}"}, 3)

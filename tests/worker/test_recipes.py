@@ -17,8 +17,7 @@ from sparsify_worker.recipes import (
     rescaled_variables,
     variables,
 )
-
-from .conftest import recipe, weighted_target
+from tests.support.recipes import recipe, weighted_target
 
 SEED = [f"{a}-{k}" for a in ("yolov5s", "yolov5l") for k in ("baseline", "pruned", "pruned-quantized")]
 TRANSFER = [
@@ -38,6 +37,7 @@ def groups_of(text: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.worker  # builds every model it checks
 @pytest.mark.parametrize("name", SEED)
 def test_seed_preset_loads_and_names_only_parameters_of_its_model(name):
     from sparseml.pytorch.optim import ScheduledModifierManager
@@ -53,6 +53,7 @@ def test_seed_preset_loads_and_names_only_parameters_of_its_model(name):
     assert set(recipe_params(text)) <= names
 
 
+@pytest.mark.worker  # builds every model it checks
 @pytest.mark.parametrize("name", ["yolov5s-pruned", "yolov5s-pruned-quantized", "yolov5l-pruned", "yolov5l-pruned-quantized"])
 def test_seed_presets_put_every_layer_in_its_published_group(name):
     arch = name.split("-")[0]
@@ -83,6 +84,7 @@ def test_seed_presets_follow_the_published_warm_up_weights_from_0_biases_from_0_
     assert (v["num_epochs"], v["pruning_start_epoch"], v["pruning_end_epoch"]) == (240.0, 4.0, 100.0)
 
 
+@pytest.mark.worker  # builds every model it checks
 @pytest.mark.parametrize("arch,layout,kind", TRANSFER)
 def test_transfer_presets_fit_every_arch_and_layout(arch, layout, kind):
     from sparseml.pytorch.optim import ScheduledModifierManager
@@ -132,6 +134,7 @@ def test_the_seeds_presets_exist_only_for_the_v5_layout_of_s_and_l():
         render("yolov5s", "yolov5l-pruned")
 
 
+@pytest.mark.worker  # builds every model it checks
 def test_recipes_are_not_interchangeable_between_model_versions():
     from sparsify_worker.model import build_model
 

@@ -33,22 +33,26 @@ SPEC = {
 
 
 def stage_env(stage: str, spec: dict, inputs: dict, endpoint: str, tmp: Path, name: str = "cli", uid: str | None = None) -> dict:
-    """The operator's contract: the spec and the earlier stages' summaries as files (in a pod,
-    mounted from its annotations), the rest as variables."""
+    """The environment the operator gives the stage's pod, built by the operator's own builder
+    (so a drift between operator and worker fails here); the spec and the earlier stages'
+    summaries are files, as the pod's mounted annotations are."""
+    from sparsify_operator.api import ANNOTATION_INPUTS, ANNOTATION_SPEC
+    from sparsify_operator.builders import construct_job
+    from sparsify_operator.config import OperatorConfig
+    from sparsify_operator.spec import normalized
+
+    sj = {"metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}"}, "spec": spec}
+    job = construct_job(sj, normalized(spec), stage, 0, OperatorConfig(s3_endpoint=endpoint), None, inputs)
+    pod = job["spec"]["template"]
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / f"{stage}-spec.json").write_text(json.dumps(spec))
-    (tmp / f"{stage}-inputs.json").write_text(json.dumps(inputs))
+    (tmp / f"{stage}-spec.json").write_text(pod["metadata"]["annotations"][ANNOTATION_SPEC])
+    (tmp / f"{stage}-inputs.json").write_text(pod["metadata"]["annotations"][ANNOTATION_INPUTS])
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     return {
         **os.environ,
+        **env,
         "SPARSIFY_SPEC_FILE": str(tmp / f"{stage}-spec.json"),
         "SPARSIFY_INPUTS_FILE": str(tmp / f"{stage}-inputs.json"),
-        "SPARSIFY_STAGE": stage,
-        "SPARSIFY_UID": uid or f"uid-{name}",
-        "SPARSIFY_NAMESPACE": "ml",
-        "SPARSIFY_NAME": name,
-        "SPARSIFY_OUTPUT_URI": f"s3://artifacts/runs/ml/{name}",
-        "SPARSIFY_BATCH_SIZE": str(spec["training"]["batchSize"]),
-        "AWS_ENDPOINT_URL_S3": endpoint,
         "TERMINATION_MESSAGE_PATH": str(tmp / f"{stage}.termination"),
         "SPARSIFY_WORKDIR": str(tmp / "work"),
     }
@@ -99,7 +103,7 @@ def test_all_stages_publish_a_result_that_matches_its_artifacts(s3_endpoint, pip
 
     inputs = pipeline
     assert inputs["train"]["epochs"] == 4 and inputs["train"]["quantized"] is True
-    assert inputs["export"]["quantized"] and inputs["export"]["onnx"] == "s3://artifacts/runs/ml/cli/model.onnx"
+    assert inputs["export"]["quantized"] and inputs["export"]["onnx"] == "s3://artifacts/runs/ml/cli/uid-cli/model.onnx"
     ds = inputs["benchmark"]["engines"]["deepsparse"]
     assert ds["imagesPerSecond"] > 0 and ds["rounds"] == 2 and ds["imagesPerSecondMin"] <= ds["imagesPerSecond"] <= ds["imagesPerSecondMax"]
     # the default path (v5.0 Hardswish, opset 13, INT8): DeepSparse runs the whole graph itself
@@ -114,15 +118,15 @@ def test_all_stages_publish_a_result_that_matches_its_artifacts(s3_endpoint, pip
     assert len(json.dumps(inputs["train"])) < 4096  # fits a termination message
 
     store = Store(client(s3_endpoint))
-    results = json.loads(store.s3.get_object(Bucket="artifacts", Key="runs/ml/cli/results.json")["Body"].read())
+    results = json.loads(store.s3.get_object(Bucket="artifacts", Key="runs/ml/cli/uid-cli/results.json")["Body"].read())
     onnx = store.download(results["artifacts"]["onnx"], tmp_path / "published.onnx")
     sparsity, quantized = weight_sparsity(onnx)
     assert sparsity == pytest.approx(results["sparsity"], abs=1e-4) and quantized > 50
     out = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"input": np.zeros((2, 3, 128, 128), np.float32)})
     assert out[0].shape[0] == 2  # dynamic batch
-    report = store.s3.get_object(Bucket="artifacts", Key="runs/ml/cli/report.md")["Body"].read().decode()
+    report = store.s3.get_object(Bucket="artifacts", Key="runs/ml/cli/uid-cli/report.md")["Body"].read().decode()
     assert "yolov5s-pruned-quantized" in report and "DeepSparse img/s" in report
-    assert store.exists("s3://artifacts/runs/ml/cli/checkpoints/last.pt")
+    assert store.exists("s3://artifacts/runs/ml/cli/uid-cli/checkpoints/last.pt")
 
 
 def test_validate_refuses_the_wrong_models_recipe_before_any_gpu_is_held(s3_endpoint, uploaded_dataset, tmp_path):
@@ -147,14 +151,16 @@ def test_validate_probes_the_output_and_samples_labels_saying_how_many(s3_endpoi
 
     ds = pipeline["validate"]["dataset"]
     assert ds["labelsChecked"] == ds["labelsTotal"] == 40  # a small dataset: every label file (2000 at most are sampled)
-    leftovers = [o for o in Store(client(s3_endpoint)).list("s3://artifacts/runs/ml/cli") if ".probe-" in o.key]
+    leftovers = [o for o in Store(client(s3_endpoint)).list("s3://artifacts/runs/ml/cli/uid-cli") if ".probe-" in o.key]
     assert leftovers == []  # the write probe was deleted
 
 
 def test_a_checkpoint_of_another_run_is_never_resumed(s3_endpoint, pipeline, tmp_path):
     """What a SparsifyJob deleted and created again under the same name would have found, had its
     output prefix not had the uid in it: the worker refuses it too."""
-    code, summary, _ = run_stage("train", SPEC, {}, s3_endpoint, tmp_path, "cli", uid="uid-another-run")
+    code, summary, _ = run_stage(
+        "train", SPEC, {}, s3_endpoint, tmp_path, "cli", uid="uid-another-run", SPARSIFY_OUTPUT_URI="s3://artifacts/runs/ml/cli/uid-cli"
+    )
     assert code == 1
     assert "belongs to another run (uid uid-cli, this run is uid-another-run): refusing to resume" in summary["error"]
 
@@ -164,7 +170,7 @@ def test_a_killed_training_process_resumes_from_its_checkpoint_in_s3(s3_endpoint
     from sparsify_worker.s3 import Store, client
 
     store = Store(client(s3_endpoint))
-    last = "s3://artifacts/runs/ml/killed/checkpoints/last.pt"
+    last = "s3://artifacts/runs/ml/killed/uid-killed/checkpoints/last.pt"
     first = subprocess.Popen(
         [*WORKER, "train"],
         env=stage_env("train", SPEC, {}, s3_endpoint, tmp_path / "a", "killed"),

@@ -14,8 +14,9 @@ import pytest
 
 from sparsify_worker.recipes import rescaled_variables
 from sparsify_worker.train import TrainConfig, load_checkpoint, train
+from tests.support.recipes import recipe, weighted_target
 
-from .conftest import IMG, recipe, weighted_target
+from .conftest import IMG
 
 pytestmark = pytest.mark.worker
 

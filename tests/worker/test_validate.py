@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparsify_worker.validate import ValidationError, validate
-
-from .conftest import recipe
+from tests.support.recipes import recipe
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "weights" / "yolov5n-v7.0.pt"
 needs_shared_weights = pytest.mark.skipif(

@@ -18,22 +18,15 @@ def _mb(n) -> str:
     return f"{n / 1e6:.1f} MB" if isinstance(n, (int, float)) else "-"
 
 
-def _recipe(spec: dict) -> str:
-    p = spec["recipe"].get("preset")
-    if not p:
-        return "custom"
-    return p if p.startswith("yolov5") else f"{spec['model']['arch']}-{p}"
-
-
 def _range(r: dict) -> str:
     lo, hi = r.get("imagesPerSecondMin"), r.get("imagesPerSecondMax")
     return f" ({lo:.1f}-{hi:.1f})" if lo is not None and hi is not None and r.get("rounds", 1) > 1 else ""
 
 
-def benchmark_markdown(spec: dict, inputs: dict, result: dict) -> str:
+def benchmark_markdown(recipe: str, inputs: dict, result: dict) -> str:
     export = inputs.get("export", {})
     lines = [
-        f"# Benchmark: {_recipe(spec)}",
+        f"# Benchmark: {recipe}",
         "",
         f"CPU: {result['cpu'].get('vendor')} {result['cpu'].get('isa')}, VNNI {result['cpu'].get('vnni')}, "
         f"{result['cpu'].get('cores')} cores; batch {result['batchSize']}, {result['scenario']}, {result['seconds']} s per engine "
@@ -91,7 +84,7 @@ def benchmark_markdown(spec: dict, inputs: dict, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def accuracy_vs_throughput_plot(spec: dict, inputs: dict, result: dict, path):
+def accuracy_vs_throughput_plot(recipe: str, inputs: dict, result: dict, path):
     """mAP@0.5 against img/s: the sparse model (each engine) and its dense reference, both at
     their measured accuracy on the run's validation images."""
     import matplotlib
@@ -127,7 +120,7 @@ def accuracy_vs_throughput_plot(spec: dict, inputs: dict, result: dict, path):
     ax.set_xlim(left=0)
     ax.set_xlabel(f"images/s (batch {result['batchSize']}, {result['scenario']})")
     ax.set_ylabel("mAP@0.5 (validation)")
-    ax.set_title(f"{_recipe(spec)}: accuracy vs throughput")
+    ax.set_title(f"{recipe}: accuracy vs throughput")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -136,7 +129,7 @@ def accuracy_vs_throughput_plot(spec: dict, inputs: dict, result: dict, path):
     return path
 
 
-def results_document(spec: dict, inputs: dict, output_uri: str, name: str) -> dict:
+def results_document(spec: dict, recipe: str, inputs: dict, output_uri: str, name: str) -> dict:
     train, export, bench = inputs.get("train", {}), inputs.get("export", {}), inputs.get("benchmark", {})
     engines = bench.get("engines", {})
     throughput = {e: r.get("imagesPerSecond") for e, r in engines.items() if isinstance(r, dict)}
@@ -148,7 +141,7 @@ def results_document(spec: dict, inputs: dict, output_uri: str, name: str) -> di
         "model": spec["model"]["arch"],
         "layout": model.get("layout"),
         "activation": model.get("activation"),
-        "recipe": _recipe(spec),
+        "recipe": recipe,
         "publishedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "map50": train.get("bestMap50"),
         "epochs": train.get("epochs"),
@@ -174,7 +167,7 @@ def results_document(spec: dict, inputs: dict, output_uri: str, name: str) -> di
             "recipe": train.get("recipeUri"),
             "benchmark": f"{output_uri}/benchmark.json",
         },
-        "seed": dict(zip(("map50", "sizeMB", "deepsparseImagesPerSecond"), SEED.get(_recipe(spec), (None, None, None)))),
+        "seed": dict(zip(("map50", "sizeMB", "deepsparseImagesPerSecond"), SEED.get(recipe, (None, None, None)))),
     }
     return doc
 

@@ -1,21 +1,24 @@
 """YOLOv5 training with a SparseML recipe: DDP through torchrun, EMA kept sparse, AMP off
-once QAT starts, a checkpoint every epoch (resumable with masks and QAT structure)."""
+once QAT starts, a checkpoint every epoch (resumable with masks and QAT structure).
+
+`train` reads top-down: `restore` (the model and recipe, from the run's checkpoint or the
+starting weights), `loaders`, then per epoch `train_epoch` and `save`."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import hashlib
-import json
-import datetime as dt
 import io
+import json
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import shims, yolo_env
 from .data import load_data_yaml
@@ -276,24 +279,30 @@ def restore_model(ckpt: dict, epoch: float | None = None):
     return model, manager
 
 
-def train(cfg: TrainConfig) -> dict:
-    yolo_env.prepare()
-    import torch
-    import torch.distributed as dist
-    from sparseml.pytorch.optim import ScheduledModifierManager
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    from yolov5.utils.dataloaders import create_dataloader
-    from yolov5.utils.loss import ComputeLoss
-    from yolov5.utils.torch_utils import ModelEMA
+@dataclass
+class Restored:
+    """Where a run starts: a fresh model (maybe from weights) or a checkpoint's state."""
 
-    shims.apply()
-    dist_info, device = init_distributed()
-    torch.manual_seed(cfg.seed)  # the same on every rank: the same model (the data loader seeds per rank itself)
-    data = load_data_yaml(cfg.data_dir)
-    hyp = hyperparameters()
-    if cfg.batch_size % dist_info.world:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {dist_info.world} processes")
-    per_rank = cfg.batch_size // dist_info.world
+    spec: ModelSpec
+    model: object
+    manager: object  # the recipe's ScheduledModifierManager
+    recipe: str
+    variables: dict
+    distill: float
+    weights: object  # the starting weights (a new run's start, or the distillation teacher)
+    loaded: dict | None = None  # what load_into did with the weights (a new run)
+    start_epoch: int = 0
+    best_map50: float = -1.0
+    start_map50: float | None = None
+    ema_state: dict | None = None
+    ema_updates: int = 0
+    opt_state: dict | None = None
+
+
+def restore(cfg: TrainConfig, data: dict) -> Restored:
+    """The model and recipe a run trains: from its last checkpoint (the same run only, with the
+    schedule it started with), else from the arch or the starting weights."""
+    from sparseml.pytorch.optim import ScheduledModifierManager
 
     recipe, variables = cfg.recipe, dict(cfg.recipe_variables or {})
     ckpt = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
@@ -317,28 +326,28 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"the checkpoint has {spec.nc} classes but data.yaml declares {data['nc']}")
     model = build(spec)
     manager = ScheduledModifierManager.from_yaml(recipe, recipe_variables=variables or None)
-    epochs = int(math.ceil(manager.max_epochs))
-    final_structure = final_structure_epoch(manager)
-    start_epoch, best_map50, ema_state, ema_updates, opt_state = 0, -1.0, None, 0, None
-    start_map50, loaded = None, None
+    r = Restored(spec, model, manager, recipe, variables, distill, weights)
     if ckpt:
         manager.apply_structure(model, epoch=structure_epoch(ckpt))
         model.load_state_dict(ckpt["model"])
-        start_epoch, best_map50 = ckpt["epoch"] + 1, ckpt.get("best_map50", -1.0)
-        ema_state, ema_updates, opt_state = ckpt.get("ema"), ckpt.get("ema_updates", 0), ckpt.get("optimizer")
-        start_map50 = ckpt.get("start_map50")
-        log.info("resuming at epoch %d from %s (sparsity %.3f)", start_epoch, cfg.resume_from, sparsity(model))
+        r.start_epoch, r.best_map50 = ckpt["epoch"] + 1, ckpt.get("best_map50", -1.0)
+        r.ema_state, r.ema_updates, r.opt_state = ckpt.get("ema"), ckpt.get("ema_updates", 0), ckpt.get("optimizer")
+        r.start_map50 = ckpt.get("start_map50")
+        log.info("resuming at epoch %d from %s (sparsity %.3f)", r.start_epoch, cfg.resume_from, sparsity(model))
     elif weights:
-        loaded = load_into(model, weights)
+        r.loaded = load_into(model, weights)
         log.info(
             "starting from %s%s",
             weights.describe(),
-            " (Detect head re-initialised for the dataset's classes)" if loaded["headReset"] else "",
+            " (Detect head re-initialised for the dataset's classes)" if r.loaded["headReset"] else "",
         )
-    model.nc, model.names, model.hyp = data["nc"], data["names"], scaled_loss_gains(hyp, data["nc"], cfg.img_size)
-    model.to(device)
+    return r
 
-    stride = int(max(model.stride.max(), 32))
+
+def loaders(cfg: TrainConfig, data: dict, hyp: dict, stride: int, per_rank: int, dist_info: DistInfo):
+    """The training loader (each rank its share) and, on rank 0, the validation loader."""
+    from yolov5.utils.dataloaders import create_dataloader
+
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         train_loader, dataset = create_dataloader(
             data["train"],
@@ -359,86 +368,173 @@ def train(cfg: TrainConfig) -> dict:
         )
     if int(dataset.labels[0][:, 0].max() if len(dataset.labels) else 0) >= data["nc"]:
         raise ValueError("labels use class ids beyond data.yaml's nc")
-    if loaded and not loaded["headReset"] and dist_info.main:
+    return train_loader, val_loader
+
+
+@dataclass
+class Loop:
+    """What changes while training: the QAT switch swaps the DDP wrapper, the EMA and the scaler."""
+
+    model: object
+    ddp: object
+    ema: object | None
+    optimizer: object
+    scaler: object
+    compute_loss: object
+    teacher: object | None
+    distill: float
+    device: object
+    dist_info: DistInfo
+    per_rank: int
+    use_cuda_amp: bool
+    qat: bool
+    wrappers: int  # live DDP wrappers: one, also after QAT re-wraps
+    fault: tuple[int, int] | None = None
+    step: int = 0
+
+
+def train_epoch(loop: Loop, train_loader, epoch: int) -> tuple[list[float], str | None]:
+    """One pass over this rank's share of the data; the losses, and the sample order's digest."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from yolov5.utils.torch_utils import ModelEMA
+
+    order = None
+    if hasattr(train_loader.sampler, "set_epoch"):
+        train_loader.sampler.set_epoch(epoch)  # a new order every epoch (the same on every rank)
+        order = hashlib.sha256(json.dumps(list(train_loader.sampler)).encode()).hexdigest()[:16]
+    loop.ddp.train()
+    losses = []
+    world = loop.dist_info.world
+    for imgs, targets, _, _ in train_loader:
+        loop.step += 1
+        if loop.fault and loop.step >= loop.fault[0] and loop.per_rank > loop.fault[1]:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory (injected by YOLO_SPARSIFY_FAULT_CUDA_OOM at step {loop.step}, batch {loop.per_rank} per process)"
+            )
+        imgs = imgs.to(loop.device, non_blocking=True).float() / 255
+        with torch.autocast(device_type=loop.device.type, enabled=loop.use_cuda_amp and not loop.qat):
+            pred = loop.ddp(imgs)
+            loss, _ = loop.compute_loss(pred, targets.to(loop.device))
+            if loop.teacher is not None:
+                loss = loss + loop.distill * imgs.shape[0] * distillation_loss(pred, loop.teacher, imgs)
+        if world > 1:
+            loss = loss * world  # DDP averages gradients over ranks
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.optimizer.zero_grad(set_to_none=True)
+        if not loop.qat and is_quantized(loop.model):  # the manager just started QAT (inside step())
+            loop.qat = True
+            loop.scaler = torch.cuda.amp.GradScaler(enabled=False)  # fake-quant observers need fp32
+            if world > 1:
+                # QAT swapped modules: DDP must see the new parameters. The old wrapper goes
+                # first: its reducer's gradient hooks on the shared parameters go with it.
+                loop.ddp = None
+                gc.collect()
+                loop.ddp = DDP(loop.model)
+                loop.wrappers = sum(isinstance(o, DDP) for o in gc.get_objects())
+            if loop.ema:
+                loop.ema = ModelEMA(loop.model)  # the EMA needs the same (quantized) structure
+            log.info("QAT started at epoch %d: AMP off, EMA restarted", epoch)
+        if loop.ema:
+            loop.ema.update(loop.model)
+            mask_like(loop.ema.ema, loop.model)
+        losses.append(float(loss.detach()))
+    return losses, order
+
+
+def save(out: Path, ckpt: dict, improved: bool) -> tuple[Path, Path | None]:
+    """last.pt every epoch, best.pt when it improved; each written whole, then renamed."""
+    import torch
+
+    last = out / "last.pt"
+    torch.save(ckpt, out / ".last.pt.tmp")
+    os.replace(out / ".last.pt.tmp", last)
+    best = None
+    if improved:
+        best = out / "best.pt"
+        torch.save(ckpt, out / ".best.pt.tmp")
+        os.replace(out / ".best.pt.tmp", best)
+    return last, best
+
+
+def train(cfg: TrainConfig) -> dict:
+    yolo_env.prepare()
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from yolov5.utils.loss import ComputeLoss
+    from yolov5.utils.torch_utils import ModelEMA
+
+    shims.apply()
+    dist_info, device = init_distributed()
+    torch.manual_seed(cfg.seed)  # the same on every rank: the same model (the data loader seeds per rank itself)
+    data = load_data_yaml(cfg.data_dir)
+    hyp = hyperparameters()
+    if cfg.batch_size % dist_info.world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {dist_info.world} processes")
+    per_rank = cfg.batch_size // dist_info.world
+
+    r = restore(cfg, data)
+    model, spec, manager = r.model, r.spec, r.manager
+    epochs = int(math.ceil(manager.max_epochs))
+    final_structure = final_structure_epoch(manager)
+    model.nc, model.names, model.hyp = data["nc"], data["names"], scaled_loss_gains(hyp, data["nc"], cfg.img_size)
+    model.to(device)
+    train_loader, val_loader = loaders(cfg, data, hyp, int(max(model.stride.max(), 32)), per_rank, dist_info)
+    start_map50, best_map50 = r.start_map50, r.best_map50
+    if r.loaded and not r.loaded["headReset"] and dist_info.main:
         # the dense model's accuracy on the same validation images: what sparse results are compared with
         start_map50 = evaluate(model, data, val_loader, cfg.img_size, per_rank * 2, cfg.out_dir)[0]
         log.info("starting weights: mAP@0.5 %.4f on the validation images", start_map50)
-    steps = len(train_loader)
     optimizer = _optimizer(model, hyp)
-    if opt_state:
+    if r.opt_state:
         try:
-            optimizer.load_state_dict(opt_state)
+            optimizer.load_state_dict(r.opt_state)
         except (ValueError, KeyError) as e:  # e.g. QAT changed the parameter list
             log.warning("optimizer state not restored (%s); continuing with a fresh one", e)
     if dist_info.world > 1:
         broadcast_state(model)
-    optimizer = manager.modify(model, optimizer, steps_per_epoch=steps, epoch=float(start_epoch))
+    optimizer = manager.modify(model, optimizer, steps_per_epoch=len(train_loader), epoch=float(r.start_epoch))
 
-    compute_loss = ComputeLoss(model)
-    teacher = dense_teacher(spec, weights, device) if distill > 0 and weights is not None else None
+    teacher = dense_teacher(spec, r.weights, device) if r.distill > 0 and r.weights is not None else None
     if teacher is not None:
-        log.info("distilling from the dense starting weights (weight %.3g)", distill)
+        log.info("distilling from the dense starting weights (weight %.3g)", r.distill)
     ema = ModelEMA(model) if dist_info.main else None
-    if ema and ema_state:
+    if ema and r.ema_state:
         with contextlib.suppress(RuntimeError):
-            ema.ema.load_state_dict(ema_state)
-            ema.updates = ema_updates
+            ema.ema.load_state_dict(r.ema_state)
+            ema.updates = r.ema_updates
     use_cuda_amp = cfg.amp and device.type == "cuda"
     qat = is_quantized(model)
-    scaler = torch.cuda.amp.GradScaler(enabled=use_cuda_amp and not qat)
-    ddp = DDP(model) if dist_info.world > 1 else model
+    loop = Loop(
+        model=model,
+        ddp=DDP(model) if dist_info.world > 1 else model,
+        ema=ema,
+        optimizer=optimizer,
+        scaler=torch.cuda.amp.GradScaler(enabled=use_cuda_amp and not qat),
+        compute_loss=ComputeLoss(model),
+        teacher=teacher,
+        distill=r.distill,
+        device=device,
+        dist_info=dist_info,
+        per_rank=per_rank,
+        use_cuda_amp=use_cuda_amp,
+        qat=qat,
+        wrappers=1 if dist_info.world > 1 else 0,
+        fault=cuda_oom_fault(),
+    )
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     map50 = best_map50
     history = []
-    fault, step = cuda_oom_fault(), 0
     agreed: list[dict] = []  # per epoch: the ranks' common digests
-    wrappers = 1 if dist_info.world > 1 else 0  # live DDP wrappers: one, also after QAT re-wraps
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(r.start_epoch, epochs):
         t0 = time.monotonic()
-        order = None
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # a new order every epoch (the same on every rank)
-            order = hashlib.sha256(json.dumps(list(train_loader.sampler)).encode()).hexdigest()[:16]
-        ddp.train()
-        losses = []
-        for imgs, targets, _, _ in train_loader:
-            step += 1
-            if fault and step >= fault[0] and per_rank > fault[1]:
-                raise torch.cuda.OutOfMemoryError(
-                    f"CUDA out of memory (injected by YOLO_SPARSIFY_FAULT_CUDA_OOM at step {step}, batch {per_rank} per process)"
-                )
-            imgs = imgs.to(device, non_blocking=True).float() / 255
-            with torch.autocast(device_type=device.type, enabled=use_cuda_amp and not qat):
-                pred = ddp(imgs)
-                loss, _ = compute_loss(pred, targets.to(device))
-                if teacher is not None:
-                    loss = loss + distill * imgs.shape[0] * distillation_loss(pred, teacher, imgs)
-            if dist_info.world > 1:
-                loss = loss * dist_info.world  # DDP averages gradients over ranks
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if not qat and is_quantized(model):  # the manager just started QAT (inside step())
-                qat = True
-                scaler = torch.cuda.amp.GradScaler(enabled=False)  # fake-quant observers need fp32
-                if dist_info.world > 1:
-                    # QAT swapped modules: DDP must see the new parameters. The old wrapper goes
-                    # first: its reducer's gradient hooks on the shared parameters go with it.
-                    ddp = None
-                    gc.collect()
-                    ddp = DDP(model)
-                    wrappers = sum(isinstance(o, DDP) for o in gc.get_objects())
-                if ema:
-                    ema = ModelEMA(model)  # the EMA needs the same (quantized) structure
-                log.info("QAT started at epoch %d: AMP off, EMA restarted", epoch)
-            if ema:
-                ema.update(model)
-                mask_like(ema.ema, model)
-            losses.append(float(loss.detach()))
+        losses, order = train_epoch(loop, train_loader, epoch)
         if dist_info.main:
-            map50, map50_95 = evaluate(ema.ema, data, val_loader, cfg.img_size, per_rank * 2, out)
+            map50, map50_95 = evaluate(loop.ema.ema, data, val_loader, cfg.img_size, per_rank * 2, out)
             # best.pt only from epochs with the final structure (pruned, quantized): an early dense
             # epoch with a lucky mAP is not what the recipe asked for
             eligible = epoch + 1 > final_structure  # a change at t=3.0 happens in epoch 3, not 2
@@ -454,37 +550,30 @@ def train(cfg: TrainConfig) -> dict:
                 "activation": spec.activation,
                 "nc": data["nc"],
                 "names": data["names"],
-                "recipe": recipe,
-                "recipe_variables": variables,
+                "recipe": r.recipe,
+                "recipe_variables": r.variables,
                 "model": model.state_dict(),
-                "ema": ema.ema.state_dict(),
-                "ema_updates": ema.updates,
-                "optimizer": optimizer.state_dict(),
+                "ema": loop.ema.ema.state_dict(),
+                "ema_updates": loop.ema.updates,
+                "optimizer": loop.optimizer.state_dict(),
                 "map50": map50,
                 "best_map50": best_map50,
                 "start_map50": start_map50,
                 "batch_size": cfg.batch_size,
                 "img_size": cfg.img_size,
-                "quantized": qat,
+                "quantized": loop.qat,
                 "sparsity": sparsity(model),
                 "run_uid": cfg.run_uid,
             }
-            last = out / "last.pt"
-            torch.save(ckpt, out / ".last.pt.tmp")
-            os.replace(out / ".last.pt.tmp", last)
-            best = None
-            if improved:
-                best = out / "best.pt"
-                torch.save(ckpt, out / ".best.pt.tmp")
-                os.replace(out / ".best.pt.tmp", best)
+            last, best = save(out, ckpt, improved)
             entry = {
                 "epoch": epoch,
                 "loss": round(sum(losses) / max(1, len(losses)), 4),
                 "map50": round(map50, 4),
                 "map50_95": round(map50_95, 4),
                 "sparsity": round(sparsity(model), 4),
-                "qat": qat,
-                "amp": scaler.is_enabled(),
+                "qat": loop.qat,
+                "amp": loop.scaler.is_enabled(),
                 "seconds": round(time.monotonic() - t0, 1),
             }
             history.append(entry)
@@ -492,10 +581,10 @@ def train(cfg: TrainConfig) -> dict:
             print(f"epoch {epoch + 1}/{epochs} {entry}", flush=True)
             if cfg.on_checkpoint:
                 cfg.on_checkpoint(epoch, last, best)
-        digests = {"weights": weights_digest(model), "masks": mask_digest(model), "qat": qat}
+        digests = {"weights": weights_digest(model), "masks": mask_digest(model), "qat": loop.qat}
         if dist_info.world > 1:
             check_ranks_agree(digests, epoch)
-        agreed.append({"epoch": epoch, **digests, "order": order, "ddpWrappers": wrappers})  # order: this rank's share
+        agreed.append({"epoch": epoch, **digests, "order": order, "ddpWrappers": loop.wrappers})  # order: this rank's share
     manager.finalize(model)
     final_sparsity = sparsity(model)
     digest = weights_digest(model)
@@ -504,13 +593,13 @@ def train(cfg: TrainConfig) -> dict:
         dist.destroy_process_group()
     return {
         "epochs": epochs,
-        "startEpoch": start_epoch,
+        "startEpoch": r.start_epoch,
         "bestMap50": round(max(best_map50, 0.0), 4),
         "startMap50": None if start_map50 is None else round(start_map50, 4),
         "model": {"arch": spec.arch, "layout": spec.layout, "activation": spec.activation, "nc": spec.nc},
         "lastMap50": round(max(map50, 0.0), 4),
         "sparsity": round(final_sparsity, 4),
-        "quantized": qat,
+        "quantized": loop.qat,
         "batchSize": cfg.batch_size,
         "world": dist_info.world,
         "rank": dist_info.rank,

@@ -5,8 +5,8 @@ are reported at once, each actionable."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .data import load_data_yaml
 from .model import ModelSpec
