@@ -23,13 +23,14 @@ from pathlib import Path
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from .faults import FAULT_ANNOTATION
 from .nodes import MANAGED_LABEL, NodeSpec, node_manifest, node_status
+from .pod_host import NodeRuntime
 from .pod_worker import PodWorker
 from .volumes import VolumeBuilder
 
 log = logging.getLogger("localcluster.kubelet")
 
-FAULT_ANNOTATION = "localcluster.dev/fault"
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 5.0
 PASSTHROUGH_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
@@ -70,11 +71,12 @@ class ProcessKubelet:
         self.pids: set[int] = set()
         self._next_ip = int(ipaddress.ip_address("127.1.0.2"))
         self.volume_builder = VolumeBuilder(self.secret_data, self.config_map_data, self.issue_token)
+        self.runtime = NodeRuntime(state_dir, self.runtime_paths, self.image_entrypoints, self.volume_builder, self.stopping)
         self.threads: list[threading.Thread] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "ProcessKubelet":
+    def start(self) -> ProcessKubelet:
         (self.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         for spec in self.nodes.values():
             self._register(spec)
@@ -194,7 +196,7 @@ class ProcessKubelet:
         with self.workers_lock:
             gone = [w for uid, w in self.workers.items() if uid not in seen]
         for w in gone:
-            w.force_deleted()
+            w.abandon_now()
         w = watch.Watch()
         for event in w.stream(
             self.core.list_pod_for_all_namespaces,
@@ -218,7 +220,7 @@ class ProcessKubelet:
             worker = self.workers.get(uid)
         if deleted:
             if worker:
-                worker.force_deleted()
+                worker.abandon_now()
             return
         if node in self.lost_nodes:
             return
@@ -232,15 +234,7 @@ class ProcessKubelet:
                 self.workers[uid] = worker
             worker.start()
             self._refresh_namespace_hosts(pod["metadata"]["namespace"], except_uid=uid)
-        worker.update(pod)
-        fault = (pod["metadata"].get("annotations") or {}).get(FAULT_ANNOTATION)
-        if fault and fault not in worker.handled_fault_values:
-            worker.handled_fault_values.add(fault)
-            action, _, container = fault.split("#", 1)[0].partition(":")
-            if action in ("kill", "oom"):
-                worker.inject(action, container or None)
-            else:
-                log.warning("unknown fault %r on pod %s", fault, pod["metadata"]["name"])
+        worker.update(pod)  # a fault a test asked for is in the pod's annotations: the worker acts on it
 
     def worker_finished(self, worker: PodWorker) -> None:
         with self.workers_lock:
@@ -343,7 +337,7 @@ class ProcessKubelet:
         except ApiException as e:
             if e.status in (404, 409, 422):
                 if e.status == 404:
-                    worker.force_deleted()
+                    worker.abandon_now()
                 return False
             log.warning("status update for %s/%s failed: %s", worker.ns, worker.pod_name, e.reason)
             return False

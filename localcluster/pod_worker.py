@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .faults import FAULT_ANNOTATION
 from .podenv import EnvError, container_argv, container_env
 from .volumes import VolumeError, ensure_file
 
 if TYPE_CHECKING:
-    from .kubelet import ProcessKubelet
+    from .pod_host import PodHost
 
 log = logging.getLogger("localcluster.kubelet")
 
@@ -72,15 +73,16 @@ class Container:
 
 
 class PodWorker(threading.Thread):
-    def __init__(self, kubelet: "ProcessKubelet", pod: dict, pod_ip: str):
+    def __init__(self, host: PodHost, pod: dict, pod_ip: str):
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
-        self.kubelet = kubelet
+        self.host = host
+        self.node = host.runtime
         self.pod = pod
         self.pod_ip = pod_ip
         self.uid = meta["uid"]
         self.ns, self.pod_name = meta["namespace"], meta["name"]
-        self.dir = kubelet.state_dir / "pods" / f"{self.ns}_{self.pod_name}_{self.uid[:8]}"
+        self.dir = self.node.state_dir / "pods" / f"{self.ns}_{self.pod_name}_{self.uid[:8]}"
         self.init_containers = [Container(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.containers = [Container(c) for c in pod["spec"].get("containers") or []]
         self.restart_policy = pod["spec"].get("restartPolicy", "Always")
@@ -92,7 +94,7 @@ class PodWorker(threading.Thread):
         self.delete_grace: float | None = None  # set when the API asks for deletion
         self.abandon = False  # node lost: stop everything, report nothing more
         self.faults: list[tuple[str, str | None]] = []
-        self.handled_fault_values: set[str] = set()
+        self._handled_faults: set[str] = set()  # annotation values already acted on
         self.volume_paths: dict[str, Path] = {}
         self.waiting_message = ""
         self._last_status: dict | None = None
@@ -105,19 +107,24 @@ class PodWorker(threading.Thread):
         if pod["metadata"].get("deletionTimestamp") and self.delete_grace is None:
             self.delete_grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 0)
             self.wake.set()
+        self._take_fault((pod["metadata"].get("annotations") or {}).get(FAULT_ANNOTATION))
 
-    def inject(self, action: str, container: str | None) -> None:
+    def _take_fault(self, value: str | None) -> None:
+        """A fault a test asked for on the pod (faults.py), acted on once per value."""
+        if not value or value in self._handled_faults:
+            return
+        self._handled_faults.add(value)
+        action, _, container = value.split("#", 1)[0].partition(":")
+        if action not in ("kill", "oom"):
+            log.warning("unknown fault %r on pod %s", value, self.pod_name)
+            return
         with self.lock:
-            self.faults.append((action, container))
+            self.faults.append((action, container or None))
         self.wake.set()
 
     def abandon_now(self) -> None:
-        """Node lost: kill the processes, write nothing more to the API."""
-        self.abandon = True
-        self.wake.set()
-
-    def force_deleted(self) -> None:
-        """The pod object is gone from the API: kill everything without grace."""
+        """Its node is lost, or the pod object is gone from the API: kill every process without
+        grace and write nothing more to the API."""
         self.abandon = True
         self.wake.set()
 
@@ -130,7 +137,7 @@ class PodWorker(threading.Thread):
             log.exception("pod worker %s/%s crashed", self.ns, self.pod_name)
         finally:
             self._kill_all(signal.SIGKILL)
-            self.kubelet.worker_finished(self)
+            self.host.worker_finished(self)
 
     def _run(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +181,11 @@ class PodWorker(threading.Thread):
         self.wake.clear()
 
     def _stopping(self) -> bool:
-        return self.abandon or self.delete_grace is not None or self.kubelet.stopping.is_set()
+        return self.abandon or self.delete_grace is not None or self.node.stopping.is_set()
 
     def _wait_for_deletion(self) -> None:
         """A finished pod stays until the API deletes it (Job controller, GC, a user)."""
-        while not (self.abandon or self.delete_grace is not None or self.kubelet.stopping.is_set()):
+        while not (self.abandon or self.delete_grace is not None or self.node.stopping.is_set()):
             self._sleep(1.0)
         if self.delete_grace is not None and not self.abandon:
             self._finish_deletion()
@@ -263,9 +270,9 @@ class PodWorker(threading.Thread):
         term.write_bytes(b"")
         try:
             env = container_env(
-                self.pod, c.spec, self.kubelet.base_env(self.pod, self.pod_ip), self.kubelet.secret_values, self.kubelet.config_map_data
+                self.pod, c.spec, self.host.base_env(self.pod, self.pod_ip), self.host.secret_values, self.host.config_map_data
             )
-            argv = container_argv(c.spec, env, self.kubelet.image_entrypoints)
+            argv = container_argv(c.spec, env, self.node.image_entrypoints)
         except EnvError as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             c.next_start = time.monotonic() + 2.0
@@ -286,7 +293,7 @@ class PodWorker(threading.Thread):
         # The "image" is this machine's Python environment: a mount over one of its parents
         # (a private /tmp when the repo lives in /tmp, a volume at /work) would hide it, so
         # bind it back, read-only, on top.
-        for path in self.kubelet.runtime_paths:
+        for path in self.node.runtime_paths:
             if any(_covers(m["target"], [path]) for m in mounts):
                 mounts.append({"source": path, "target": path, "readOnly": True})
         sc = c.spec.get("securityContext") or {}
@@ -318,7 +325,7 @@ class PodWorker(threading.Thread):
             cwd=str(cdir),
         )
         logf.close()
-        self.kubelet.track(c.proc.pid)
+        self.host.track(c.proc.pid)
         c.next_start = None
         c.state = {"running": {"startedAt": now_rfc3339()}}
         log.info("started %s/%s[%s] pid=%s: %s", self.ns, self.pod_name, c.name, c.proc.pid, " ".join(argv))
@@ -329,7 +336,7 @@ class PodWorker(threading.Thread):
         try:
             for vol in self.pod["spec"].get("volumes") or []:
                 if vol["name"] not in self.volume_paths:
-                    self.volume_paths[vol["name"]] = self.kubelet.volume_builder.build(self.pod, vol, self.dir / "volumes")
+                    self.volume_paths[vol["name"]] = self.node.volume_builder.build(self.pod, vol, self.dir / "volumes")
         except (VolumeError, EnvError) as e:
             self.waiting_message = f"MountVolume.SetUp failed: {e}"
             for c in self.containers:
@@ -346,7 +353,7 @@ class PodWorker(threading.Thread):
 
     def refresh_hosts(self) -> None:
         """Rewrite in place (a bind-mounted file must keep its inode)."""
-        content = self.kubelet.hosts_content(self.ns, self)
+        content = self.host.hosts_content(self.ns, self)
         path = self.dir / "hosts"
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
@@ -367,7 +374,7 @@ class PodWorker(threading.Thread):
                 _signal_group(c.proc, signal.SIGKILL)
 
     def _finish_deletion(self) -> None:
-        if self.abandon or self.kubelet.stopping.is_set():
+        if self.abandon or self.node.stopping.is_set():
             self._kill_all(signal.SIGKILL)
             return
         grace = self.delete_grace or 0.0
@@ -389,7 +396,7 @@ class PodWorker(threading.Thread):
             codes = [c.state.get("terminated", {}).get("exitCode", 1) for c in self.containers]
             self.phase = "Succeeded" if codes and all(code == 0 for code in codes) else "Failed"
         self.report()
-        self.kubelet.delete_pod(self.ns, self.pod_name, self.uid)
+        self.host.delete_pod(self.ns, self.pod_name, self.uid)
 
     def _kill_all(self, sig: int) -> None:
         for c in self.init_containers + self.containers:
@@ -438,7 +445,7 @@ class PodWorker(threading.Thread):
         comparable = json.dumps(_without_times(status), sort_keys=True)
         if comparable == self._last_status:
             return
-        if self.kubelet.patch_pod_status(self, status):
+        if self.host.patch_pod_status(self, status):
             self._last_status = comparable  # type: ignore[assignment]
 
     def cleanup(self) -> None:
