@@ -27,12 +27,10 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,36 +41,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator")]  # this checkout's code, even where the venv installed another
 
 from localcluster.cluster import LocalCluster  # noqa: E402
-from localcluster.controlplane import free_port  # noqa: E402
 from localcluster.testing import create_namespace, kubectl, service_account_kubeconfig, wait_until  # noqa: E402
-from sparsify_operator.api import GROUP, LABEL_JOB, PLURAL, VERSION  # noqa: E402
+from sparsify_operator.api import GROUP, LABEL_JOB, LABEL_STAGE, PLURAL, VERSION  # noqa: E402
+from tests.support import objects  # noqa: E402
+from tests.support.operator_process import STANDIN, OperatorProcess  # noqa: E402
 
-STANDIN = REPO / "tests" / "standin"
 OPERATOR_USER = "system:serviceaccount:sparsify-system:sparsify-operator"
-STAGE_LABEL = "yolo-sparsify.io/stage"
 PHASE_ORDER = ["Pending", "Validating", "Training", "Exporting", "Benchmarking", "Publishing", "Succeeded"]
 
 
 def sparsifyjob(name: str, train_seconds: int) -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SparsifyJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"arch": "yolov5s"},
-            "recipe": {"preset": "pruned-quantized"},
-            "dataset": {"uri": "s3://data/coco128/"},
-            "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": 16, "epochs": 4},
-            "benchmark": {"durationSeconds": 1},
-            "output": {"bucket": "models"},
-            "env": [{"name": "STANDIN_TRAIN_SECONDS", "value": str(train_seconds)}],
-        },
-    }
+    return objects.sparsifyjob(name, env={"STANDIN_TRAIN_SECONDS": train_seconds}, training={"gpusPerNode": 1, "batchSize": 16})
 
 
 def plain_job(name: str, namespace: str) -> dict:
     """The floor: the validate stage's Job exactly as the operator builds it, minus the owner."""
-    from sparsify_operator.builders import OperatorConfig, construct_job
+    from sparsify_operator.builders import construct_job
+    from sparsify_operator.config import OperatorConfig
     from sparsify_operator.spec import normalized
 
     sj = {**sparsifyjob(name, 0), "metadata": {"name": name, "namespace": namespace, "uid": "none"}}
@@ -166,43 +151,6 @@ def audit_counts(audit_log: Path, since: dt.datetime, until: dt.datetime) -> tup
     return by_user, operator
 
 
-class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path):
-        self.port, self.metrics_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
-            "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-            "SPARSIFY_METRICS_PORT": str(self.metrics_port),
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),
-        }  # the operator of this checkout
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
-            stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-        def live() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited: {log.read_text()[-2000:]}")
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_until(live, 60, what="operator liveness")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def admin_clients(kubeconfig: str) -> client.ApiClient:
     cfg = client.Configuration()
     config.load_kube_config(kubeconfig, client_configuration=cfg)
@@ -229,7 +177,7 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
         def on_job(job: dict) -> None:
             labels = job["metadata"].get("labels") or {}
             owner = labels.get(LABEL_JOB, job["metadata"]["name"])
-            stage = labels.get(STAGE_LABEL, "?")  # the floor's plain Jobs carry the same labels: "validate"
+            stage = labels.get(LABEL_STAGE, "?")  # the floor's plain Jobs carry the same labels: "validate"
             first_seen(job_added[stage], owner)
             if complete(job):
                 first_seen(job_done[stage], owner)
@@ -250,7 +198,7 @@ def run_once(mode: str, n: int, until: str, work: Path, timeout: float) -> dict:
                 what="operator ServiceAccount",
             )
             kc = service_account_kubeconfig(info.kubeconfig, core, "sparsify-system", "sparsify-operator", state / "operator.kubeconfig")
-            op = OperatorProcess(kc, state / "operator.log")
+            op = OperatorProcess(kc, state / "operator.log").start()
             Watcher(functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL), on_sj, stop).start()
             cpu0, _ = proc_stats(op.proc.pid)
             train_seconds = 0 if until == "succeeded" else 3600

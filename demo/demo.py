@@ -25,9 +25,9 @@ from localcluster import s3 as local_s3
 from localcluster.cluster import LocalCluster
 from localcluster.controlplane import free_port
 from localcluster.testing import api_client, create_namespace, helm, kubectl
+from sparsify_operator.api import GROUP, PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[1]
-GROUP, VERSION, PLURAL = "yolo-sparsify.io", "v1alpha1", "sparsifyjobs"
 SHARED = REPO.parent / "shared" / "data"
 COCO128, WEIGHTS = SHARED / "coco128", SHARED / "weights" / "yolov5n-v7.0.pt"
 

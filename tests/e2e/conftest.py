@@ -14,10 +14,11 @@ import pytest
 from localcluster import s3 as local_s3
 from localcluster.controlplane import free_port
 from localcluster.testing import create_namespace, helm, kubectl, wait_until
+from sparsify_operator.api import GROUP, PLURAL, VERSION
+from tests.support import objects
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sparsify-operator"
-GROUP, VERSION, PLURAL = "yolo-sparsify.io", "v1alpha1", "sparsifyjobs"
 
 
 @pytest.fixture(scope="session")
@@ -102,19 +103,19 @@ def dataset_uri(cluster, e2e_namespace, tmp_path_factory):
     return "s3://datasets/shapes/"
 
 
+E2E_SPEC = {  # the real worker on tiny images: seconds per stage on two CPU cores
+    "model": {"arch": "yolov5s", "activation": "Hardswish"},
+    "recipe": {"preset": "pruned-quantized"},
+    "training": {"nodes": 1, "gpusPerNode": 1, "maxOOMRetries": 2, "imgSize": 160},
+    "export": {"imgSize": 160, "opset": 13},
+    "benchmark": {"batchSize": 4, "imgSize": 160, "durationSeconds": 3, "rounds": 1, "compareDense": False},
+    "output": {"bucket": "models", "prefix": "e2e", "credentialsSecret": "s3-credentials"},
+}
+
+
 def sparsifyjob(name: str, dataset: str, epochs: int = 5, batch: int = 16, **spec_updates) -> dict:
-    spec = {
-        "model": {"arch": "yolov5s", "activation": "Hardswish"},
-        "recipe": {"preset": "pruned-quantized"},
-        "dataset": {"uri": dataset},
-        "training": {"nodes": 1, "gpusPerNode": 1, "batchSize": batch, "epochs": epochs, "imgSize": 160, "maxOOMRetries": 2},
-        "export": {"imgSize": 160, "opset": 13},
-        "benchmark": {"batchSize": 4, "imgSize": 160, "durationSeconds": 3, "rounds": 1, "compareDense": False},
-        "output": {"bucket": "models", "prefix": "e2e", "credentialsSecret": "s3-credentials"},
-    }
-    for k, v in spec_updates.items():
-        spec[k] = {**spec.get(k, {}), **v} if isinstance(v, dict) else v
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SparsifyJob", "metadata": {"name": name}, "spec": spec}
+    training = {**E2E_SPEC["training"], "batchSize": batch, "epochs": epochs, **spec_updates.pop("training", {})}
+    return objects.sparsifyjob(name, E2E_SPEC, dataset={"uri": dataset}, training=training, **spec_updates)
 
 
 def get_status(custom, namespace: str, name: str) -> dict:

@@ -12,10 +12,10 @@ from kubernetes import client
 from localcluster import faults
 from localcluster import s3 as local_s3
 from localcluster.testing import wait_until
+from sparsify_operator.api import GROUP, PLURAL, VERSION
+from tests.support.recipes import recipe, weighted_target
 
-from tests.worker.conftest import recipe, weighted_target
-
-from .conftest import GROUP, PLURAL, VERSION, dump, pod_log, sparsifyjob, wait_finished
+from .conftest import dump, pod_log, sparsifyjob, wait_finished
 
 pytestmark = [pytest.mark.cluster, pytest.mark.worker]
 

@@ -12,6 +12,7 @@ from kubernetes import client
 
 from localcluster.controlplane import free_port
 from localcluster.testing import create_namespace, helm, kubectl, wait_until
+from sparsify_operator.api import GROUP, PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sparsify-operator"
@@ -68,7 +69,7 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     name = sample["metadata"]["name"]
 
     def finished():
-        st = custom.get_namespaced_custom_object("yolo-sparsify.io", "v1alpha1", team, "sparsifyjobs", name).get("status") or {}
+        st = custom.get_namespaced_custom_object(GROUP, VERSION, team, PLURAL, name).get("status") or {}
         return st if st.get("phase") in ("Succeeded", "Failed") else None
 
     st = wait_until(finished, 180, interval=1, what="sample SparsifyJob to finish under the in-cluster operator")

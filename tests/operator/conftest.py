@@ -3,22 +3,19 @@ a process with its ServiceAccount's credentials (a missing permission fails a te
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from localcluster.controlplane import free_port
 from localcluster.testing import kubectl, service_account_kubeconfig, wait_until
+from sparsify_operator.api import GROUP, PLURAL, VERSION
+from tests.support.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "standin"
 START_DEADLINE_SECONDS = 25  # the operator's start deadline in these tests (300 s by default)
+OPERATOR_ENV = {"SPARSIFY_RESYNC_SECONDS": "5", "SPARSIFY_START_DEADLINE_SECONDS": str(START_DEADLINE_SECONDS)}
 
 
 @pytest.fixture(scope="session")
@@ -52,65 +49,9 @@ def operator_kubeconfig(cluster, core, crd, tmp_path_factory):
     )
 
 
-class OperatorProcess:
-    """`python -m sparsify_operator` with stand-in stage commands, as the ServiceAccount."""
-
-    def __init__(self, kubeconfig: Path, log: Path, env: dict | None = None):
-        self.kubeconfig, self.log, self.extra_env = kubeconfig, log, env or {}
-        self.proc: subprocess.Popen | None = None
-        self.port = free_port()
-        self.metrics_port = free_port()
-
-    def start(self) -> "OperatorProcess":
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
-            "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
-            "SPARSIFY_RESYNC_SECONDS": "5",
-            "SPARSIFY_METRICS_PORT": str(self.metrics_port),
-            "SPARSIFY_START_DEADLINE_SECONDS": str(START_DEADLINE_SECONDS),
-            **self.extra_env,
-        }
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sparsify_operator", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
-            stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-        def live():
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_until(live, 60, what="operator liveness")
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture(scope="session")
 def operator(operator_kubeconfig, tmp_path_factory):
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator-log") / "operator.log").start()
+    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator-log") / "operator.log", OPERATOR_ENV).start()
     yield op
     op.stop()
     errors = [line for line in op.output().splitlines() if "is forbidden: User" in line]
@@ -124,7 +65,7 @@ def custom(kube):
 
 def wait_phase(custom, namespace, name, phases, timeout=120):
     def get():
-        sj = custom.get_namespaced_custom_object("yolo-sparsify.io", "v1alpha1", namespace, "sparsifyjobs", name)
+        sj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         return sj if (sj.get("status") or {}).get("phase") in phases else None
 
     return wait_until(get, timeout, interval=0.5, what=f"{namespace}/{name} phase in {phases}")

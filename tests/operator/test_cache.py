@@ -3,7 +3,7 @@ what is gone but keeps what appeared after its snapshot, a namesake's Jobs are n
 
 from __future__ import annotations
 
-from sparsify_operator.api import LABEL_JOB
+from sparsify_operator.api import GROUP, KIND, LABEL_JOB, PLURAL, VERSION
 from sparsify_operator.cache import Cache
 
 
@@ -73,8 +73,8 @@ def test_a_recreated_object_replaces_the_old_one_even_with_a_lower_version():
 
 def test_finished_pods_are_kept_slim_but_observe_reads_the_same():
     from sparsify_operator.observe import observe_attempt
-
-    from .factories import job as stage_job, pod
+    from tests.support.objects import job as stage_job
+    from tests.support.objects import pod
 
     failed = stage_job("train", state="Failed", reason="PodFailurePolicy", batch=64)
     pods = [pod("Failed", exit_code=137, reason="OOMKilled", message='{"stage": "train"}', index=0)]
@@ -121,8 +121,6 @@ def test_stage_jobs_are_watched_with_a_server_side_label_selector_and_sparsifyjo
     settings = kopf.OperatorSettings()
     configure(settings)
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", singular="job", namespaced=True)
-    sjs = Resource(
-        group="yolo-sparsify.io", version="v1alpha1", plural="sparsifyjobs", kind="SparsifyJob", singular="sparsifyjob", namespaced=True
-    )
+    sjs = Resource(group=GROUP, version=VERSION, plural=PLURAL, kind=KIND, singular="sparsifyjob", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == ["app.kubernetes.io/managed-by=sparsify-operator"]
     assert list(settings.watching.label_selectors.collect(sjs)) == []

@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from localcluster.testing import wait_until
-
-from .conftest import OperatorProcess
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
