@@ -66,6 +66,11 @@ def owner_reference(sj: dict) -> dict:
     }
 
 
+def child_metadata(sj: dict, name: str, labels: dict) -> dict:
+    """A child's name, its SparsifyJob's namespace, its labels and the controller owner reference."""
+    return {"name": name, "namespace": sj["metadata"]["namespace"], "labels": labels, "ownerReferences": [owner_reference(sj)]}
+
+
 def child_labels(sj: dict, stage: str, attempt: int) -> dict:
     return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: sj["metadata"]["name"], LABEL_STAGE: stage, LABEL_ATTEMPT: str(attempt)}
 
@@ -298,13 +303,7 @@ def construct_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": sj["metadata"]["namespace"],
-            "labels": {**labels, **extra_labels},
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(sj)],
-        },
+        "metadata": {**child_metadata(sj, name, {**labels, **extra_labels}), "annotations": annotations},
         "spec": {**job_spec, "template": {"metadata": {"labels": labels, "annotations": pod_annotations}, "spec": pod_spec}},
     }
 
@@ -312,16 +311,10 @@ def construct_job(
 def construct_rendezvous_service(sj: dict) -> dict:
     """Headless Service so Indexed Job pods resolve as <job>-<index>.<service>."""
     name = sj["metadata"]["name"]
-    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": rendezvous_service_name(name),
-            "namespace": sj["metadata"]["namespace"],
-            "labels": labels,
-            "ownerReferences": [owner_reference(sj)],
-        },
+        "metadata": child_metadata(sj, rendezvous_service_name(name), {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name}),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # rendezvous happens before anything is "ready"
@@ -339,12 +332,7 @@ def construct_network_policy(sj: dict) -> dict:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": network_policy_name(name),
-            "namespace": sj["metadata"]["namespace"],
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name},
-            "ownerReferences": [owner_reference(sj)],
-        },
+        "metadata": child_metadata(sj, network_policy_name(name), {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: name}),
         "spec": {"podSelector": train_pods, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": train_pods}]}]},
     }
 
