@@ -23,8 +23,7 @@ from kubernetes import client
 
 from localcluster import s3 as local_s3
 from localcluster.cluster import LocalCluster
-from localcluster.controlplane import free_port
-from localcluster.testing import api_client, create_namespace, helm, kubectl
+from localcluster.testing import api_client, create_namespace, helm_install_operator, kubectl
 from sparsify_operator.api import GROUP, PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,26 +122,8 @@ def run(info, job_path: Path, t0: float) -> int:
         info.kubeconfig, "create", "secret", "generic", "s3-credentials", "-n", ns, *[f"--from-literal={k}={v}" for k, v in creds.items()]
     )
     say("installing the operator with its Helm chart (charts/sparsify-operator)")
-    res = helm(
-        info.kubeconfig,
-        "install",
-        "sparsify",
-        str(REPO / "charts/sparsify-operator"),
-        "-n",
-        "sparsify-system",
-        "--create-namespace",
-        "--set",
-        f"defaults.s3.endpoint={info.s3_endpoint}",
-        "--set",
-        f"healthPort={free_port()}",
-        "--set",
-        f"metrics.port={free_port()}",
-        "--set",
-        "resyncSeconds=10",
-        "--wait",
-        "--timeout",
-        "180s",
-        check=False,
+    res = helm_install_operator(
+        info.kubeconfig, REPO / "charts/sparsify-operator", {"defaults.s3.endpoint": info.s3_endpoint, "resyncSeconds": "10"}
     )
     if res.returncode != 0:
         print(res.stderr, file=sys.stderr)

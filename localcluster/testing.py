@@ -69,6 +69,29 @@ def helm(kubeconfig: str, *args: str, check: bool = True) -> subprocess.Complete
     return subprocess.run([str(binaries.binary("helm")), *args], text=True, capture_output=True, env=env, check=check)
 
 
+def helm_install_operator(kubeconfig: str, chart: Path, values: dict[str, str]) -> subprocess.CompletedProcess:
+    """The operator's chart installed as release `sparsify` in sparsify-system, on free local
+    ports for its health and metrics endpoints, waited for; `values` are the --set overrides."""
+    from .controlplane import free_port
+
+    settings = {"healthPort": str(free_port()), "metrics.port": str(free_port()), **values}
+    sets = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    return helm(
+        kubeconfig,
+        "install",
+        "sparsify",
+        str(chart),
+        "-n",
+        "sparsify-system",
+        "--create-namespace",
+        *sets,
+        "--wait",
+        "--timeout",
+        "180s",
+        check=False,
+    )
+
+
 def pod_of_job(core: client.CoreV1Api, namespace: str, job: str) -> list[client.V1Pod]:
     return core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import s3 as local_s3
-from localcluster.controlplane import free_port
-from localcluster.testing import create_namespace, helm, kubectl, wait_until
+from localcluster.testing import create_namespace, helm, helm_install_operator, kubectl, wait_until
 from sparsify_operator.api import GROUP, PLURAL, VERSION
 from tests.support import objects
 
@@ -29,28 +28,10 @@ def e2e_namespace(cluster, core):
 @pytest.fixture(scope="session")
 def installed_operator(cluster, core, e2e_namespace):
     """The chart as a user installs it, with the local S3 as the platform's default endpoint."""
-    res = helm(
+    res = helm_install_operator(
         cluster.kubeconfig,
-        "install",
-        "sparsify",
-        str(CHART),
-        "-n",
-        "sparsify-system",
-        "--create-namespace",
-        "--set",
-        f"watchNamespaces={{{e2e_namespace}}}",
-        "--set",
-        f"healthPort={free_port()}",
-        "--set",
-        f"metrics.port={free_port()}",
-        "--set",
-        f"defaults.s3.endpoint={cluster.s3_endpoint}",
-        "--set",
-        "resyncSeconds=10",
-        "--wait",
-        "--timeout",
-        "180s",
-        check=False,
+        CHART,
+        {"watchNamespaces": f"{{{e2e_namespace}}}", "defaults.s3.endpoint": cluster.s3_endpoint, "resyncSeconds": "10"},
     )
     assert res.returncode == 0, res.stderr
     yield

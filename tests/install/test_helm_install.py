@@ -10,8 +10,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from localcluster.controlplane import free_port
-from localcluster.testing import create_namespace, helm, kubectl, wait_until
+from localcluster.testing import create_namespace, helm, helm_install_operator, kubectl, wait_until
 from sparsify_operator.api import GROUP, PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,28 +22,14 @@ pytestmark = pytest.mark.cluster
 def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     apps, custom, rbac = client.AppsV1Api(kube), client.CustomObjectsApi(kube), client.RbacAuthorizationV1Api(kube)
     team = create_namespace(core, "team")
-    res = helm(
+    res = helm_install_operator(
         cluster.kubeconfig,
-        "install",
-        "sparsify",
-        str(CHART),
-        "-n",
-        "sparsify-system",
-        "--create-namespace",
-        "--set",
-        f"watchNamespaces={{{team}}}",
-        "--set",
-        f"healthPort={free_port()}",
-        "--set",
-        f"metrics.port={free_port()}",
-        "--set",
-        f"stages.workerCommand={{python,{STANDIN / 'worker.py'}}}",
-        "--set",
-        f"stages.trainLauncher={{python,{STANDIN / 'torchrun.py'}}}",
-        "--wait",
-        "--timeout",
-        "180s",
-        check=False,
+        CHART,
+        {
+            "watchNamespaces": f"{{{team}}}",
+            "stages.workerCommand": f"{{python,{STANDIN / 'worker.py'}}}",
+            "stages.trainLauncher": f"{{python,{STANDIN / 'torchrun.py'}}}",
+        },
     )
     assert res.returncode == 0, res.stderr
     assert "watching: " + team in res.stdout  # NOTES.txt
