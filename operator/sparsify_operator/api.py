@@ -44,6 +44,8 @@ class Reason(_Name):
     FAILED = "Failed"
     SUCCEEDED = "Succeeded"
     STAGE_RUNNING = "StageRunning"
+    STAGE_SUCCEEDED = "StageSucceeded"
+    STAGE_FAILED = "StageFailed"
     POD_NOT_STARTING = "PodNotStarting"
     OOM_RETRY = "OOMRetry"
     KILLED_RETRY = "KilledRetry"

@@ -3,6 +3,7 @@ the operator's environment)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -97,3 +98,49 @@ def resync_seconds() -> float:
 
 def metrics_port() -> int:
     return int(os.environ.get("SPARSIFY_METRICS_PORT", "9090"))
+
+
+def workers() -> int:
+    """Reconciles run at once (threads draining the work queue; each object on one at a time)."""
+    return max(1, int(os.environ.get("SPARSIFY_WORKERS", "4")))
+
+
+def relist_seconds() -> float:
+    """A full relist into the cache this often: the safety net for a watch event lost in transit
+    (the periodic resync itself reconciles from the cache and reads nothing)."""
+    return float(os.environ.get("SPARSIFY_RELIST_SECONDS", "600"))
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Which Lease the replicas of one operator share (same namespace scope, same Lease)."""
+
+    enabled: bool
+    namespace: str
+    name: str
+    lease_duration: float
+    renew_deadline: float
+    retry_period: float
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def leader_election() -> LeaderElection:
+    namespace = os.environ.get("SPARSIFY_LEADER_ELECTION_NAMESPACE", "")
+    if not namespace:
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+                namespace = f.read().strip()
+        except OSError:
+            namespace = "sparsify-system"
+    scope = ",".join(sorted(watched_namespaces()))
+    default_name = "sparsify-operator" + (f"-{hashlib.sha1(scope.encode()).hexdigest()[:8]}" if scope else "")
+    return LeaderElection(
+        enabled=os.environ.get("SPARSIFY_LEADER_ELECTION", "true").lower() not in ("false", "0", "no", "off"),
+        namespace=namespace,
+        name=os.environ.get("SPARSIFY_LEADER_ELECTION_ID") or default_name,
+        lease_duration=float(os.environ.get("SPARSIFY_LEASE_DURATION_SECONDS", "10")),
+        renew_deadline=float(os.environ.get("SPARSIFY_RENEW_DEADLINE_SECONDS", "7")),
+        retry_period=float(os.environ.get("SPARSIFY_RETRY_PERIOD_SECONDS", "1")),
+    )

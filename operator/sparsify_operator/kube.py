@@ -1,5 +1,6 @@
 """API side effects for the operator: list (to prime and resync the cache), read a finished
-Job's pods, create, patch status, post events."""
+Job's pods, create, patch status, post events. Every write first asks the fence (leader.py)
+whether this replica may still act; one that may not raises NotLeader instead of writing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -30,13 +32,31 @@ def _micro_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class NotLeader(Exception):
+    """This replica does not (or no longer) hold the leader Lease: it must not write."""
+
+
 class Kube:
-    def __init__(self, api_client: client.ApiClient):
+    def __init__(self, api_client: client.ApiClient, fence: Callable[[], bool] = lambda: True):
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.instance = socket.gethostname()
+        self.fence = fence
+
+    def _may_write(self) -> None:
+        if not self.fence():
+            raise NotLeader("this replica does not hold the leader Lease")
+
+    def ping(self, namespaces: list[str]) -> None:
+        """One cheap read the operator is allowed (cluster-wide, or in its first namespace): proves
+        the API server answers (the resync loop's heartbeat)."""
+        kw = {"limit": 1, "_preload_content": False, "_request_timeout": TIMEOUT}
+        if namespaces:
+            self.custom.list_namespaced_custom_object(GROUP, VERSION, namespaces[0], PLURAL, **kw)
+        else:
+            self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw)
 
     @staticmethod
     def _raw(resp) -> dict:
@@ -71,6 +91,15 @@ class Kube:
             lists = [self._paged(self.batch.list_namespaced_job, ns, label_selector=selector) for ns in namespaces]
         return _items_and_oldest_rv(lists)
 
+    def list_stage_pods(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
+        """Every pod of a Job this operator made (in the watched namespaces)."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        if not namespaces:
+            lists = [self._paged(self.core.list_pod_for_all_namespaces, label_selector=selector)]
+        else:
+            lists = [self._paged(self.core.list_namespaced_pod, ns, label_selector=selector) for ns in namespaces]
+        return _items_and_oldest_rv(lists)
+
     def pods_of_job(self, job: dict) -> list[dict]:
         """The pods of this very Job (by its uid, not a namesake's)."""
         selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
@@ -93,6 +122,7 @@ class Kube:
     def give_up(self, namespace: str, name: str, why: str) -> dict:
         """Stop a stage Job whose pods could not start: the annotation records why (and is what
         a restarted operator reads), suspending it removes its pods and frees what they hold."""
+        self._may_write()
         body = {"metadata": {"annotations": {ANNOTATION_FAILED: why[:1024]}}, "spec": {"suspend": True}}
         return self._raw(self.batch.patch_namespaced_job(name, namespace, body, _preload_content=False, _request_timeout=TIMEOUT))
 
@@ -101,6 +131,7 @@ class Kube:
         (a restarted operator, a race); (False, None) if its namespace is going away or a
         namesake was being deleted meanwhile (the next reconcile creates it). Raises Refused
         when the API server will refuse this object whatever is retried."""
+        self._may_write()
         ns = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Job":
@@ -137,6 +168,7 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, patch: dict) -> dict:
         """Merge-patch the status subresource; the object as it is now."""
+        self._may_write()
         return self._raw(
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False, _request_timeout=TIMEOUT
@@ -144,6 +176,7 @@ class Kube:
         )
 
     def post_event(self, sj: dict, kind: str, reason: str, message: str) -> None:
+        self._may_write()
         meta = sj["metadata"]
         now = _now()
         body = {

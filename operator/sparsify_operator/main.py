@@ -1,4 +1,5 @@
-"""`sparsify-operator`: run the Kopf operator (standalone: one replica, no peering objects)."""
+"""`sparsify-operator`: run the Kopf operator. Kopf runs standalone (no peering objects): which
+replica acts is decided by the operator's own Lease-based leader election (leader.py)."""
 
 from __future__ import annotations
 

@@ -188,11 +188,10 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
         a.state = Phase.SUSPENDED
     else:
         active, ready = int(status.get("active") or 0), int(status.get("ready") or 0)
-        ended = int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
         pending = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending")]
         if active > 0 and (ready >= active or (pods and not pending)):
             a.state = Phase.RUNNING  # every pod (every rank of a group) is up
-        elif active == 0 and ended:
+        elif active == 0 and _finishing(job, pods):
             a.state = Phase.RUNNING  # its pods are done; the Job controller has yet to say how it ended
         else:
             a.waiting_reason, a.waiting_message = waiting(pods, events)
@@ -201,6 +200,22 @@ def observe_attempt(job: dict, pods: list[dict], events: list[dict] | None = Non
             since = [p["metadata"]["creationTimestamp"] for p in pending if (p.get("metadata") or {}).get("creationTimestamp")]
             a.pending_since = min(since) if since else (a.start_time or a.created)
     return a
+
+
+def _finishing(job: dict, pods: list[dict]) -> bool:
+    """A Job whose pods have ended, before the Job controller adds Complete or Failed: counted,
+    still being counted (uncountedTerminatedPods, while the pods' finalizers go), decided
+    (SuccessCriteriaMet / FailureTarget), or plain to see in its pods."""
+    status = job.get("status") or {}
+    uncounted = status.get("uncountedTerminatedPods") or {}
+    return bool(
+        int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
+        or uncounted.get("succeeded")
+        or uncounted.get("failed")
+        or _condition(job, "SuccessCriteriaMet")
+        or _condition(job, "FailureTarget")
+        or (pods and all((p.get("status") or {}).get("phase") in ("Succeeded", "Failed") for p in pods))
+    )
 
 
 def observe_needs_pods(job: dict) -> bool:

@@ -12,7 +12,7 @@ from .observe import Attempt
 from .retry_policy import retry_decision
 from .spec import SparsifySpec, SpecError, normalized
 from .start_deadline import given_up, start_overdue
-from .status import condition, conditions, human_size
+from .status import condition, conditions, human_size, seconds_between
 
 MESSAGE_LIMIT = 512
 VERDICTS = ("NativelyRun", "FasterThanDense", "AccuracyRetained")
@@ -36,13 +36,21 @@ def group_children(sj: dict, spec: SparsifySpec) -> list[dict]:
     return [construct_rendezvous_service(sj), construct_network_policy(sj)]
 
 
-def stage_status(attempts: list[Attempt]) -> dict:
+def stage_status(attempts: list[Attempt], before: dict | None = None, now: str | None = None) -> dict:
+    """A stage's status from its attempts. `startTime` is when its first Job was created (known
+    from the create's answer, so it never needs a write of its own); `runningTime` is when the
+    operator first saw the current attempt running, kept from the status written `before`."""
     last = attempts[-1]
+    same_job = isinstance(before, dict) and before.get("job") == last.job
+    running_since = before.get("runningTime") if same_job else None
+    if last.state == Phase.RUNNING and not running_since:
+        running_since = now
     s = {
         "phase": last.state,
         "job": last.job,
         "attempts": len(attempts),
-        "startTime": attempts[0].start_time,
+        "startTime": attempts[0].created or attempts[0].start_time,
+        "runningTime": running_since if last.state != Phase.PENDING else None,
         "completionTime": last.completion_time,
         "exitCode": last.exit_code,
         "reason": last.reason,
@@ -156,12 +164,13 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
 
     summaries: dict[str, dict] = {}
     stages: dict[str, dict] = {}
+    old_stages = old.get("stages") or {}
     phase, reason, message = Phase.SUCCEEDED, Reason.SUCCEEDED, "all stages succeeded"
     for stage in STAGES:
         attempts = list(observed.get(stage, []))
         if not attempts:
             job = _create_attempt(p, sj, spec, stage, 0, config, None, summaries)
-            stages[stage] = stage_status([_planned(stage, job)])
+            stages[stage] = stage_status([_planned(stage, job)], old_stages.get(stage), now)
             phase, reason, message = STAGE_PHASES[stage], Reason.STAGE_RUNNING, f"{stage}: Job {job['metadata']['name']} created"
             break
         last = attempts[-1]
@@ -169,17 +178,17 @@ def plan(sj: dict, observed: dict[str, list[Attempt]], config: OperatorConfig, n
             last = attempts[-1] = given_up(last, config)
             p.give_up.append((last.job, f"{last.reason}: {last.message}"))
         if last.state == Phase.SUCCEEDED:
-            stages[stage] = stage_status(attempts)
+            stages[stage] = stage_status(attempts, old_stages.get(stage), now)
             summaries[stage] = last.summary
             continue
         retry = retry_decision(spec, attempts) if stage == "train" and last.state == Phase.FAILED else None
         if retry:
             job = _create_attempt(p, sj, spec, stage, last.attempt + 1, config, retry.batch_size, summaries)
             p.announce[job["metadata"]["name"]].append(("Warning", retry.reason, retry.message(job["metadata"]["name"])))
-            stages[stage] = stage_status([*attempts, _planned(stage, job)])
+            stages[stage] = stage_status([*attempts, _planned(stage, job)], old_stages.get(stage), now)
             phase, reason, message = STAGE_PHASES[stage], retry.reason, f"train: resuming with batch size {retry.batch_size}"
             break
-        stages[stage] = stage_status(attempts)
+        stages[stage] = stage_status(attempts, old_stages.get(stage), now)
         if last.state == Phase.FAILED:
             phase = Phase.FAILED
             reason = last.reason or Reason.FAILED
@@ -227,7 +236,7 @@ def _create_attempt(
     """Add one stage attempt (and, for a training group, its Service and NetworkPolicy) to the plan."""
     job = construct_job(sj, spec, stage, attempt, config, batch_size, summaries)
     p.create += [*(group_children(sj, spec) if stage == "train" else []), job]
-    p.announce[job["metadata"]["name"]] = [("Normal", Reason.JOB_CREATED, f"created Job {job['metadata']['name']}")]
+    p.announce[job["metadata"]["name"]] = []
     return job
 
 
@@ -276,27 +285,66 @@ def _sane_status(status) -> dict:
     return sane
 
 
-def transition_events(old: dict, new: dict) -> list[tuple[str, str, str]]:
-    events = []
+def transition_events(old: dict, new: dict) -> list[Event]:
+    """What a person reading `kubectl describe` wants to see, from the status change alone (so a
+    retried reconcile, a restarted operator or a new leader, which find the status already
+    written, never say a thing twice):
+      - one Normal event for the run's progress in this step: the stages that finished and the
+        Job that starts the next stage, or the run's success with its results;
+      - one Warning when the run fails (the failed stage, its reason and message);
+      - a Warning when a stage's pod cannot start, and for each benchmark verdict that fails.
+    A stage going from Pending to Running is in its status (`runningTime`), not an event; a
+    retry's event is the plan's own (`Plan.announce`), posted only by the reconcile that
+    created the new attempt."""
+    progress: list[str] = []
+    warnings: list[Event] = []
+    failed: str | None = None
+    finished_a_stage = False
     old_stages = old.get("stages") or {}
-    for stage, s in new.get("stages", {}).items():
-        before = (old_stages.get(stage) or {}).get("phase")
-        if s["phase"] != before and s["phase"] in (Phase.RUNNING, *TERMINAL):
-            kind = "Warning" if s["phase"] == Phase.FAILED else "Normal"
-            text = f"stage {stage} {s['phase'].lower()} (Job {s['job']})"
-            if s["phase"] == Phase.FAILED:
-                text += f": {s.get('reason')}" + (f", exit code {s['exitCode']}" if s.get("exitCode") is not None else "")
-                text += f": {s['message']}" if s.get("message") and s.get("exitCode") is None else ""
-            events.append((kind, f"Stage{s['phase']}", text))
+    for stage in STAGES:
+        s = (new.get("stages") or {}).get(stage)
+        if not s:
+            continue
+        before = old_stages.get(stage) or {}
+        if s["phase"] == Phase.SUCCEEDED and before.get("phase") != Phase.SUCCEEDED:
+            took = seconds_between(s.get("startTime"), s.get("completionTime"))
+            progress.append(f"{stage} succeeded (Job {s['job']}" + (f", {took:.0f}s)" if took is not None else ")"))
+            finished_a_stage = True
+        retried = len(s.get("retries") or []) > len(before.get("retries") or [])
+        if s.get("job") != before.get("job") and not retried:
+            progress.append(f"{stage}: created Job {s['job']}")
+        if s["phase"] == Phase.FAILED and before.get("phase") != Phase.FAILED:
+            failed = f"stage {stage} failed (Job {s['job']}): {s.get('reason') or Reason.FAILED}"
+            failed += f", exit code {s['exitCode']}" if s.get("exitCode") is not None else ""
+            failed += f": {s['message']}" if s.get("message") else ""
         waiting = s.get("waitingReason")
-        if waiting and waiting != (old_stages.get(stage) or {}).get("waitingReason"):
-            events.append(("Warning", waiting, f"stage {stage} (Job {s['job']}) cannot start: {s.get('waitingMessage') or waiting}"))
+        if waiting and waiting != before.get("waitingReason"):
+            warnings.append(("Warning", waiting, f"stage {stage} (Job {s['job']}) cannot start: {s.get('waitingMessage') or waiting}"))
     was_false = {c.get("type") for c in old.get("conditions") or [] if c.get("status") == "False"}
     for c in new.get("conditions", []):
         if c["type"] in VERDICTS and c["status"] == "False" and c["type"] not in was_false:
-            events.append(("Warning", c["reason"], c["message"]))  # the result is not what users came for: say so
-    if new["phase"] != old.get("phase"):
+            warnings.append(("Warning", c["reason"], c["message"]))  # the result is not what users came for: say so
+    events: list[Event] = []
+    if new["phase"] != old.get("phase") and new["phase"] == Phase.FAILED:
         ready = next(c for c in new["conditions"] if c["type"] == "Ready")
-        kind = "Warning" if new["phase"] == Phase.FAILED else "Normal"
-        events.append((kind, new["phase"], ready["message"]))
-    return events
+        events.append(("Warning", Reason.STAGE_FAILED if failed else ready["reason"], failed or ready["message"]))
+    elif new["phase"] != old.get("phase") and new["phase"] == Phase.SUCCEEDED:
+        events.append(("Normal", Reason.SUCCEEDED, "; ".join([*progress, f"all stages succeeded{_results_line(new.get('results'))}"])))
+    elif progress:
+        events.append(("Normal", Reason.STAGE_SUCCEEDED if finished_a_stage else Reason.JOB_CREATED, "; ".join(progress)))
+    return events + warnings
+
+
+def _results_line(results: dict | None) -> str:
+    """The figures users came for, in one line (what `kubectl get sj` shows)."""
+    r = results or {}
+    parts = []
+    if _number(r.get("map50")):
+        parts.append(f"mAP@0.5 {r['map50']}" + (f" ({r['accuracyRetention']:.0%} of dense)" if _number(r.get("accuracyRetention")) else ""))
+    if r.get("size"):
+        parts.append(str(r["size"]))
+    if _number(r.get("imagesPerSecond")):
+        parts.append(f"{r['imagesPerSecond']} img/s")
+    if _number(r.get("speedup")):
+        parts.append(f"{r['speedup']}x dense")
+    return (": " + ", ".join(parts)) if parts else ""

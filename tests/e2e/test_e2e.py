@@ -151,24 +151,23 @@ def test_operator_restarted_mid_stage_no_duplicates_and_the_run_completes(
     custom, batch = api
     custom.create_namespaced_custom_object(GROUP, VERSION, e2e_namespace, PLURAL, sparsifyjob("restart", dataset_uri, epochs=4))
     wait_until(lambda: train_pods(core, e2e_namespace, "restart"), 600, interval=0.5, what="training running")
+    coordination = client.CoordinationV1Api(core.api_client)
+    holder = coordination.read_namespaced_lease("sparsify-sparsify-operator", "sparsify-system").spec.holder_identity
     (op,) = [
         p
         for p in core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
-        if p.status.phase == "Running"
+        if holder.startswith(p.metadata.name + "_")
     ]
-    core.delete_namespaced_pod(op.metadata.name, "sparsify-system", grace_period_seconds=0)  # the Deployment brings a new one
+    # the leader killed: the standby takes over once the Lease expires, the Deployment brings a new standby
+    core.delete_namespaced_pod(op.metadata.name, "sparsify-system", grace_period_seconds=0)
     st = wait_finished(custom, e2e_namespace, "restart")
     assert st["phase"] == "Succeeded", dump(st)
     jobs = sorted(
         j.metadata.name for j in batch.list_namespaced_job(e2e_namespace, label_selector="yolo-sparsify.io/sparsifyjob=restart").items
     )
     assert jobs == sorted(f"restart-{s}" for s in ("validate", "train", "export", "benchmark", "publish"))
-    new = [
-        p
-        for p in core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
-        if p.status.phase == "Running"
-    ]
-    assert new and new[0].metadata.name != op.metadata.name
+    new_holder = coordination.read_namespaced_lease("sparsify-sparsify-operator", "sparsify-system").spec.holder_identity
+    assert new_holder and not new_holder.startswith(op.metadata.name + "_")
 
 
 def test_deleted_mid_training_leaves_no_jobs_and_no_half_written_result(cluster, core, api, installed_operator, dataset_uri, e2e_namespace):

@@ -20,7 +20,7 @@ OPERATOR_RULES = {  # (apiGroup, resource) -> verbs: exactly what the operator's
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"create"},
     ("networking.k8s.io", "networkpolicies"): {"create"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "watch"},
     ("", "events"): {"create", "list"},
     ("events.k8s.io", "events"): {"create"},
 }
@@ -35,8 +35,8 @@ def test_chart_crd_is_the_manifests_crd():
     assert (CHART / "crds" / "sparsifyjobs.yaml").read_text() == (REPO / "manifests/base/crd.yaml").read_text()
 
 
-def _rules(docs: list[dict]) -> dict:
-    (role,) = [d for d in docs if d and d["kind"] == "ClusterRole"]
+def _rules(docs: list[dict], kind: str = "ClusterRole") -> dict:
+    (role,) = [d for d in docs if d and d["kind"] == kind]
     out: dict = {}
     for rule in role["rules"]:
         for g in rule["apiGroups"]:
@@ -45,12 +45,18 @@ def _rules(docs: list[dict]) -> dict:
     return out
 
 
+LEADER_ELECTION_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}  # in its own namespace only
+
+
 def test_rbac_is_exactly_what_the_operator_uses(cluster):
-    chart = list(yaml.safe_load_all(helm(cluster.kubeconfig, "template", "t", str(CHART)).stdout))
+    chart = list(yaml.safe_load_all(helm(cluster.kubeconfig, "template", "t", str(CHART), "-n", "ops").stdout))
     base = list(yaml.safe_load_all((REPO / "manifests/base/rbac.yaml").read_text()))
     assert _rules(chart) == OPERATOR_RULES
     assert _rules(base) == OPERATOR_RULES
     assert not any("*" in verbs for verbs in OPERATOR_RULES.values())
+    for docs, namespace in ((chart, "ops"), (base, "sparsify-system")):
+        (role,) = [d for d in docs if d and d["kind"] == "Role"]
+        assert role["metadata"]["namespace"] == namespace and _rules(docs, "Role") == LEADER_ELECTION_RULES
 
 
 @pytest.mark.parametrize("source", ["helm", "helm-namespaced", "kustomize-cluster-wide", "kustomize-single-namespace"])
@@ -77,7 +83,12 @@ BAD_VALUES = [
     (["--set", "watchNamespaces={Bad_NS}"], "'Bad_NS' does not match pattern"),
     (["--set", "stages.env.AWS_SECRET_ACCESS_KEY=x"], "invalid propertyName 'AWS_SECRET_ACCESS_KEY'"),
     (["--set", "defaults.s3.endpoint=minio:9000"], "does not match pattern '^$|^https?://'"),
-    (["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
+    (["--set", "replicas=0"], "at '/replicas': minimum: got 0, want 1"),
+    (
+        ["--set", "leaderElection.renewDeadlineSeconds=10"],
+        "leaderElection needs retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds",
+    ),
+    (["--set", "replica=2"], "additional properties 'replica' not allowed"),
 ]
 
 

@@ -19,6 +19,16 @@ STANDIN = REPO / "tests" / "standin"
 pytestmark = pytest.mark.cluster
 
 
+def lease_of(kube, name: str):
+    try:
+        lease = client.CoordinationV1Api(kube).read_namespaced_lease(name, "sparsify-system")
+    except client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return lease if lease.spec.holder_identity else None
+
+
 def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     apps, custom, rbac = client.AppsV1Api(kube), client.CustomObjectsApi(kube), client.RbacAuthorizationV1Api(kube)
     team = create_namespace(core, "team")
@@ -34,9 +44,14 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     assert res.returncode == 0, res.stderr
     assert "watching: " + team in res.stdout  # NOTES.txt
     pods = core.list_namespaced_pod("sparsify-system", label_selector="app.kubernetes.io/instance=sparsify").items
-    (pod,) = [p for p in pods if p.status.phase == "Running"]
-    assert pod.spec.service_account_name == "sparsify-sparsify-operator"
-    assert pod.spec.node_name  # placed by the scheduler, run by the process-kubelet
+    running = [p for p in pods if p.status.phase == "Running"]
+    assert len(running) == 2  # two replicas: one leads, one stands by
+    assert all(p.spec.service_account_name == "sparsify-sparsify-operator" for p in running)
+    assert len({p.spec.node_name for p in running}) == 2  # placed apart by the scheduler (anti-affinity), run by the process-kubelet
+    lease = wait_until(lambda: lease_of(kube, "sparsify-sparsify-operator"), 30, what="the leader Lease")
+    (pod,) = [p for p in running if lease.spec.holder_identity.startswith(p.metadata.name + "_")]
+    pdb = client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget("sparsify-sparsify-operator", "sparsify-system")
+    assert pdb.spec.min_available == 1
 
     kubectl(
         cluster.kubeconfig,
@@ -59,8 +74,13 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
 
     st = wait_until(finished, 180, interval=1, what="sample SparsifyJob to finish under the in-cluster operator")
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
-    events = core.list_namespaced_event(team, field_selector=f"involvedObject.name={name}").items
-    assert {e.reporting_instance for e in events if e.reporting_component == "sparsify-operator"} == {pod.metadata.name}
+
+    def leader_said_it_all():  # only the leader acts: every event is its own (posted a moment after the status)
+        events = core.list_namespaced_event(team, field_selector=f"involvedObject.name={name}").items
+        ours = [e for e in events if e.reporting_component == "sparsify-operator"]
+        return any(e.reason == "Succeeded" for e in ours) and {e.reporting_instance for e in ours}
+
+    assert wait_until(leader_said_it_all, 30, what="the run's events") == {pod.metadata.name}
 
     res = helm(cluster.kubeconfig, "uninstall", "sparsify", "-n", "sparsify-system", "--wait", "--timeout", "120s", check=False)
     assert res.returncode == 0, res.stderr
@@ -72,6 +92,8 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     assert not rbac.list_cluster_role(label_selector=selector).items
     assert not rbac.list_cluster_role_binding(label_selector=selector).items
     assert not rbac.list_role_binding_for_all_namespaces(label_selector=selector).items
+    assert not rbac.list_role_for_all_namespaces(label_selector=selector).items
+    assert not client.PolicyV1Api(kube).list_namespaced_pod_disruption_budget("sparsify-system", label_selector=selector).items
     admission = client.AdmissionregistrationV1Api(kube)
     assert not admission.list_validating_admission_policy(label_selector=selector).items
     assert not admission.list_validating_admission_policy_binding(label_selector=selector).items

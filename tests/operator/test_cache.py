@@ -4,7 +4,7 @@ what is gone but keeps what appeared after its snapshot, a namesake's Jobs are n
 from __future__ import annotations
 
 from sparsify_operator.api import GROUP, KIND, LABEL_JOB, PLURAL, VERSION
-from sparsify_operator.cache import Cache
+from sparsify_operator.cache import Cache, Change
 
 
 def sj(name="demo", rv=10, uid="sj-uid", phase=None):
@@ -112,7 +112,7 @@ def test_relists_come_in_pages_and_keep_the_first_pages_snapshot():
     assert asked == [("ml", PAGE, None, "a=b"), ("ml", PAGE, "p2", "a=b"), ("ml", PAGE, "p3", "a=b")]
 
 
-def test_stage_jobs_are_watched_with_a_server_side_label_selector_and_sparsifyjobs_without():
+def test_stage_jobs_and_pods_are_watched_with_a_server_side_label_selector_and_sparsifyjobs_without():
     import kopf
     from kopf._cogs.structs.references import Resource
 
@@ -122,5 +122,86 @@ def test_stage_jobs_are_watched_with_a_server_side_label_selector_and_sparsifyjo
     configure(settings)
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", singular="job", namespaced=True)
     sjs = Resource(group=GROUP, version=VERSION, plural=PLURAL, kind=KIND, singular="sparsifyjob", namespaced=True)
+    pods = Resource(group="", version="v1", plural="pods", kind="Pod", singular="pod", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == ["app.kubernetes.io/managed-by=sparsify-operator"]
+    assert list(settings.watching.label_selectors.collect(pods)) == ["app.kubernetes.io/managed-by=sparsify-operator"]
     assert list(settings.watching.label_selectors.collect(sjs)) == []
+
+
+# ---- what a watch event changes (the work queue is told only of real changes) -----------------
+
+
+def test_an_echo_of_the_operators_own_write_changes_nothing():
+    c = Cache()
+    assert c.put_sparsifyjob(sj(rv=10)) is Change.NEW
+    assert c.put_sparsifyjob(sj(rv=12, phase="Validating")) is Change.CHANGED  # our status patch's answer
+    assert c.put_sparsifyjob(sj(rv=12, phase="Validating")) is Change.NONE  # its watch event, later
+    assert c.put_sparsifyjob(sj(rv=11)) is Change.NONE  # an older event, later still
+    assert c.put_sparsifyjob(sj(rv=5, uid="recreated")) is Change.NEW  # a namesake: a new object
+    assert c.put_job(job("demo-validate", 20)) is Change.NEW
+    assert c.put_job(job("demo-validate", 20)) is Change.NONE
+
+
+def test_a_job_that_completes_or_fails_is_said_as_finished_once():
+    c = Cache()
+    c.put_sparsifyjob(sj())
+    running = {**job("demo-validate", 20), "status": {"active": 1}}
+    done = {**job("demo-validate", 21), "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}
+    assert c.put_job(running) is Change.NEW
+    assert c.put_job(done) is Change.FINISHED
+    again = {**done, "metadata": {**done["metadata"], "resourceVersion": "22"}}
+    assert c.put_job(again) is Change.CHANGED  # finished before: not first in line again
+
+
+def test_a_finished_run_is_kept_as_a_stub_without_its_jobs_and_pods():
+    c = Cache()
+    big = {**sj(rv=10), "spec": {"recipe": {"inline": "x" * 65536}}}
+    c.put_sparsifyjob(big)
+    c.put_job(job("demo-validate", 11))
+    c.put_finished_pods("uid-demo-validate", [{"metadata": {"name": "p"}}])
+    assert c.unfinished() == [("ml", "demo")]
+    c.put_sparsifyjob({**big, "metadata": {**big["metadata"], "resourceVersion": "30"}, "status": {"phase": "Succeeded", "results": {}}})
+    stub = c.sparsifyjob("ml", "demo")
+    assert stub["status"] == {"phase": "Succeeded"} and "spec" not in stub
+    assert c.jobs_of(sj()) == [] and c.finished_pods("uid-demo-validate") is None and c.unfinished() == []
+    assert c.put_job(job("demo-train", 31)) is Change.NONE  # its Jobs' events are not kept either
+    assert c.sizes() == {"sparsifyjobs": 1, "jobs": 0, "pods": 0}
+
+
+def test_jobs_are_kept_slim_and_observe_reads_the_same():
+    from sparsify_operator.cache import slim_job
+    from sparsify_operator.observe import observe_attempt
+    from tests.support.objects import job as stage_job
+
+    full = stage_job("train", state="Failed", reason="PodFailurePolicy", batch=64)
+    full["metadata"].update(uid="u", namespace="ml", creationTimestamp="2026-11-29T00:00:00Z", managedFields=[{}] * 20)
+    full["spec"] = {"completionMode": "Indexed", "template": {"spec": {"containers": [{"env": [{"value": "y" * 5000}]}]}}}
+    kept = slim_job(full)
+    assert "template" not in kept["spec"] and "managedFields" not in kept["metadata"]
+    assert observe_attempt(kept, []) == observe_attempt(full, [])
+
+
+def pod_of(job_uid, name="p", rv=1, phase="Pending", waiting=None, owner="demo"):
+    state = {"waiting": {"reason": waiting, "message": "m"}} if waiting else {}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": f"uid-{name}",
+            "resourceVersion": str(rv),
+            "labels": {LABEL_JOB: owner, "batch.kubernetes.io/controller-uid": job_uid},
+        },
+        "spec": {"containers": [{"name": "c"}]},
+        "status": {"phase": phase, "containerStatuses": [{"name": "c", "state": state, "ready": False}]},
+    }
+
+
+def test_watched_pods_say_a_change_only_where_observe_would_see_one():
+    c = Cache()
+    c.put_sparsifyjob(sj())
+    assert c.put_pod(pod_of("j1", rv=1)) is Change.NEW
+    assert c.put_pod(pod_of("j1", rv=2)) is Change.NONE  # a new resourceVersion, nothing observe reads
+    assert c.put_pod(pod_of("j1", rv=3, waiting="CreateContainerConfigError")) is Change.CHANGED
+    assert [p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] for p in c.pods_of("j1")] == ["CreateContainerConfigError"]
+    c.put_finished_pods("j1", [])  # its Job finished: the read at that moment is what counts from now on
+    assert c.pods_of("j1") == [] and c.put_pod(pod_of("j1", rv=4, phase="Succeeded")) is Change.NONE

@@ -76,7 +76,7 @@ def test_oom_retries_with_half_the_batch_then_gives_up():
     assert retry["metadata"]["annotations"]["yolo-sparsify.io/batch-size"] == "32"
     assert p.status["stages"]["train"]["retries"] == [{"attempt": 0, "job": "demo-train", "reason": "OOMKilled", "batchSize": 64}]
     # said once, by the reconcile that creates the retry (a Job that already exists says nothing again)
-    assert [r for _, r, _ in p.announce["demo-train-r1"]] == ["JobCreated", "OOMRetry"]
+    assert [r for _, r, _ in p.announce["demo-train-r1"]] == ["OOMRetry"]
     assert "OOMRetry" not in [r for _, r, _ in p.events]
     # second OOM -> r2 at 16; third OOM exhausts maxOOMRetries (2) -> Failed with the reason
     jobs.append(job("train", 1, state="Failed", batch=32, reason="PodFailurePolicy"))
@@ -348,3 +348,84 @@ def test_a_job_whose_pods_just_finished_is_not_late_and_a_recreated_pod_starts_i
     group = pending("train", active=2)
     assert observe_attempt(group, [running, running]).state == "Running"
     assert observe_attempt(group, [running, new_pod]).state == "Pending"  # a group runs only when every rank does
+
+
+# ---- writes: one status patch per real change, one event per step a person wants to see --------
+
+
+def stage_job_at(stage, state, created):
+    j = job(stage, state=state, batch=64 if stage == "train" else None)
+    j["metadata"]["creationTimestamp"] = created
+    if state == "Pending":
+        j["status"] = {"active": 1, "startTime": "t0"}
+    if state == "Running":
+        j["status"].update(ready=1)
+    return j
+
+
+def test_a_whole_lifecycle_is_one_status_patch_per_change_and_one_event_per_step():
+    """As the controller runs it: plan, create, plan again with the created Job (its creation
+    time is the stage's start), one status patch of the difference, the second plan's events."""
+    from sparsify_operator.api import LABEL_STAGE, STAGES
+
+    status, patches, events, jobs, pods = {}, 0, [], [], {}
+    created = "2026-11-29T00:00:00Z"
+
+    def step(t):
+        nonlocal status, patches
+        p = plan(stored_sparsifyjob(status=status), observe(jobs, pods), CFG, t)
+        for manifest in p.create:
+            jobs.append(stage_job_at(manifest["metadata"]["labels"][LABEL_STAGE], "Pending", created))
+        if p.create:
+            p = plan(stored_sparsifyjob(status=status), observe(jobs, pods), CFG, t)
+        patches += bool(merge_patch(status, p.status))
+        events.extend(p.events)
+        status = p.status
+
+    step(created)
+    for i, stage in enumerate(STAGES):
+        assert status["stages"][stage]["startTime"] == created and "runningTime" not in status["stages"][stage]
+        step(created)  # nothing new: nothing written
+        jobs[-1] = stage_job_at(stage, "Running", created)
+        step(f"2026-11-29T00:0{i}:10Z")
+        assert status["stages"][stage]["runningTime"] == f"2026-11-29T00:0{i}:10Z"
+        step(f"2026-11-29T00:0{i}:20Z")  # still running: the time it was first seen running stays
+        assert status["stages"][stage]["runningTime"] == f"2026-11-29T00:0{i}:10Z"
+        jobs[-1] = job(stage, state="Succeeded", batch=64 if stage == "train" else None)
+        jobs[-1]["metadata"]["creationTimestamp"] = created
+        pods[jobs[-1]["metadata"]["name"]] = [pod("Succeeded", 0, message=OK[stage])]
+        step(f"2026-11-29T00:0{i}:30Z")
+    assert status["phase"] == "Succeeded"
+    # the first create, then per stage: running, and done together with the next stage's create
+    assert patches == 1 + 2 * len(STAGES)
+    assert [r for _, r, _ in events] == ["JobCreated"] + ["StageSucceeded"] * 4 + ["Succeeded"]
+    assert events[1][2] == "validate succeeded (Job demo-validate); train: created Job demo-train"
+    assert "all stages succeeded: mAP@0.5 0.52, 2.3MB, 396.7 img/s" in events[-1][2]
+    assert patches + len(events) + len(STAGES) <= 25  # status patches + events + Job creates
+
+
+def test_a_job_whose_pods_ended_before_the_job_controller_says_so_stays_running():
+    for status in (
+        {"active": 0, "uncountedTerminatedPods": {"succeeded": ["pod-uid"]}},
+        {"active": 0, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]},
+        {"active": 0, "succeeded": 1},
+    ):
+        j = stage_job_at("validate", "Pending", NOW)
+        j["status"] = status
+        assert observe_attempt(j, []).state == "Running", status
+    j = stage_job_at("validate", "Pending", NOW)
+    j["status"] = {"active": 0}
+    assert observe_attempt(j, [pod("Succeeded", 0)]).state == "Running"  # plain to see in its pod
+    assert observe_attempt(j, []).state == "Pending"  # nothing has run yet
+
+
+def test_a_failed_run_is_one_warning_with_the_stage_its_reason_and_message():
+    jobs, pods = done("validate", "train")
+    jobs.append(job("export", state="Failed"))
+    pods["demo-export"] = [pod("Failed", 2, "Error", message=json.dumps({"error": "stand-in failure in export"}))]
+    old = plan(stored_sparsifyjob(), observe(jobs[:2], pods), CFG, NOW).status
+    p = plan(stored_sparsifyjob(status=old), observe(jobs, pods), CFG, NOW)
+    assert p.status["phase"] == "Failed"
+    assert p.events == [
+        ("Warning", "StageFailed", "stage export failed (Job demo-export): BackoffLimitExceeded, exit code 2: stand-in failure in export")
+    ]

@@ -52,6 +52,21 @@ class OperatorProcess:
         wait_until(live, 60, what="operator liveness")
         return self
 
+    def metrics(self) -> str:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return ""
+
+    def leading(self) -> bool:
+        """This process holds the leader Lease (its `sparsify_leader` gauge)."""
+        return "\nsparsify_leader 1.0" in self.metrics()
+
+    def wait_leading(self, timeout: float = 60) -> OperatorProcess:
+        """Until it leads: a restarted operator waits out the Lease its killed predecessor held."""
+        wait_until(self.leading, timeout, interval=0.2, what="the operator to hold the leader Lease")
+        return self
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
