@@ -13,8 +13,9 @@ from localcluster import faults
 from localcluster.testing import kubectl, wait_until
 from sparsify_operator.api import GROUP, PLURAL, VERSION
 from tests.support import objects
+from tests.support.operator_process import OperatorProcess
 
-from .conftest import REPO, START_DEADLINE_SECONDS, wait_phase
+from .conftest import OPERATOR_ENV, REPO, START_DEADLINE_SECONDS, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -270,6 +271,33 @@ def test_operator_killed_and_restarted_mid_stage_neither_duplicates_nor_stalls(o
     assert st["phase"] == "Succeeded"
     names = sorted(j.metadata.name for j in jobs_of(batch, namespace, "restart"))
     assert names == sorted(f"restart-{s}" for s in ("validate", "train", "export", "benchmark", "publish"))
+
+
+def test_a_standby_takes_over_when_the_leader_is_killed_and_nothing_is_done_twice(
+    operator, operator_kubeconfig, custom, core, batch, namespace, tmp_path
+):
+    standby = OperatorProcess(operator_kubeconfig, tmp_path / "standby.log", OPERATOR_ENV).start()
+    try:
+        time.sleep(2)  # a few of its tries at the Lease
+        assert operator.leading() and not standby.leading()
+        create(custom, namespace, manifest("failover", env={"STANDIN_TRAIN_SECONDS": 10}))
+        wait_until(lambda: any(j.metadata.name == "failover-train" for j in jobs_of(batch, namespace, "failover")), 60, what="train Job")
+        operator.kill()
+        t0 = time.monotonic()
+        standby.wait_leading(30)
+        took = time.monotonic() - t0
+        st = wait_phase(custom, namespace, "failover", ("Succeeded", "Failed"))["status"]
+        assert st["phase"] == "Succeeded"
+        names = sorted(j.metadata.name for j in jobs_of(batch, namespace, "failover"))
+        assert names == sorted(f"failover-{s}" for s in ("validate", "train", "export", "benchmark", "publish"))
+        said = events_of(core, namespace, "failover", until=lambda reasons: "Succeeded" in reasons)
+        assert [r for r, _ in said] == ["JobCreated", "StageSucceeded", "StageSucceeded", "StageSucceeded", "StageSucceeded", "Succeeded"]
+        print(f"\nthe standby led {took:.1f}s after the leader was killed (lease 10s, tries every 1s)")
+        assert took < 10 + 2 + 3  # the lease duration, a try's period either side, and slack for a loaded machine
+    finally:
+        operator.start()  # back, as the standby now
+        standby.stop()  # a clean shutdown releases the Lease: the session's operator leads again at its next try
+        operator.wait_leading(30)
 
 
 def test_deleting_mid_run_leaves_nothing_behind_even_with_the_operator_down(operator, custom, core, batch, namespace):
