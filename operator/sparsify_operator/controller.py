@@ -36,7 +36,6 @@ RETRY_REASONS = (Reason.OOM_RETRY, Reason.KILLED_RETRY)
 # A Job with no pod this long after its creation may have been refused them (a quota): then,
 # and only then, its FailedCreate events are read.
 FAILED_CREATE_GRACE_SECONDS = 5.0
-PRIORITY = {Change.FINISHED: FINISHED, Change.NEW: NEW, Change.CHANGED: NORMAL}
 
 
 @dataclass
@@ -62,10 +61,16 @@ class Runtime:
     def leading(self) -> bool:
         return self.leader is None or self.leader.holding()
 
-    def enqueue(self, key: Key, change: Change) -> None:
-        """A watch event changed the cache: the object needs a reconcile (FINISHED first)."""
-        if change is not Change.NONE:
-            self.queue.add(key, PRIORITY[change])
+    def enqueue(self, key: Key, change: Change, new_priority: int = NORMAL) -> None:
+        """A watch event changed the cache: the object needs a reconcile. A stage Job that just
+        finished goes first (the next stage waits on it), then `new_priority` for an object
+        seen the first time (a new SparsifyJob: NEW), then the rest."""
+        if change is Change.FINISHED:
+            self.queue.add(key, FINISHED)
+        elif change is Change.NEW:
+            self.queue.add(key, new_priority)
+        elif change is Change.CHANGED:
+            self.queue.add(key, NORMAL)
 
 
 def _now() -> str:

@@ -21,6 +21,7 @@ from . import config, controller, metrics
 from .api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .cache import Change
 from .controller import Runtime
+from .workqueue import NEW
 
 log = logging.getLogger("sparsify_operator")
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -87,7 +88,7 @@ async def on_sparsifyjob(event: dict, namespace: str, name: str, memo: kopf.Memo
         metrics.observe_phase(namespace, name, None)
         return
     if _plain(event.get("object")):
-        rt.enqueue((namespace, name), rt.cache.put_sparsifyjob(event["object"]))
+        rt.enqueue((namespace, name), rt.cache.put_sparsifyjob(event["object"]), new_priority=NEW)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})

@@ -18,8 +18,11 @@ STANDIN = REPO / "tests" / "standin"
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, env: dict | None = None):
-        self.kubeconfig, self.log, self.extra_env = kubeconfig, log, env or {}
+    """`source` is the checkout whose operator code runs (the benchmarks run an earlier commit's
+    side by side); the stand-in stage commands are always this checkout's."""
+
+    def __init__(self, kubeconfig: Path, log: Path, env: dict | None = None, source: Path = REPO):
+        self.kubeconfig, self.log, self.extra_env, self.source = kubeconfig, log, env or {}, source
         self.proc: subprocess.Popen | None = None
         self.port, self.metrics_port = free_port(), free_port()
 
@@ -30,7 +33,7 @@ class OperatorProcess:
             "SPARSIFY_WORKER_COMMAND": json.dumps(["python", str(STANDIN / "worker.py")]),
             "SPARSIFY_TRAIN_LAUNCHER": json.dumps(["python", str(STANDIN / "torchrun.py")]),
             "SPARSIFY_METRICS_PORT": str(self.metrics_port),
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),  # this checkout's, whatever the venv has
+            "PYTHONPATH": os.pathsep.join([str(self.source / "operator"), str(self.source)]),  # this checkout's, whatever the venv has
             **self.extra_env,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)  # never the in-cluster config of a machine that has one
