@@ -54,6 +54,9 @@ from tests.support import objects  # noqa: E402
 from tests.support.operator_process import STANDIN, OperatorProcess  # noqa: E402
 
 OPERATOR_USER = "system:serviceaccount:sparsify-system:sparsify-operator"
+# GPUs are scarce on purpose (16 for N training pods): without Kueue, a training pod waiting for
+# one would fail the run at the default 300 s start deadline; here it waits.
+OPERATOR_ENV = {"SPARSIFY_START_DEADLINE_SECONDS": "7200", **json.loads(os.environ.get("SCALE_OPERATOR_ENV", "{}"))}
 PHASE_ORDER = ["Pending", "Validating", "Training", "Exporting", "Benchmarking", "Publishing", "Succeeded"]
 WRITES = ("create jobs", "patch sparsifyjobs/status", "create events", "patch jobs", "create services", "create networkpolicies")
 
@@ -220,6 +223,18 @@ def queue_figures(metrics: dict[str, float]) -> dict:
     if n:
         out["reconciles"] = int(n)
         out["meanReconcileSeconds"] = round(metrics.get("sparsify_workqueue_work_duration_seconds_sum", 0) / n, 4)
+    lag_n = metrics.get("sparsify_event_loop_lag_seconds_count", 0)
+    if lag_n:
+        out["eventLoopLagMeanSeconds"] = round(metrics.get("sparsify_event_loop_lag_seconds_sum", 0) / lag_n, 4)
+        out["eventLoopLagOver100msShare"] = round(1 - metrics.get('sparsify_event_loop_lag_seconds_bucket{le="0.1"}', 0) / lag_n, 3)
+    api = {}
+    for k, v in metrics.items():
+        m = re.match(r'sparsify_api_request_duration_seconds_count\{resource="([^"]+)",verb="([^"]+)"\}', k)
+        if m and v:
+            total = metrics.get(k.replace("_count{", "_sum{"), 0)
+            api[f"{m.group(2)} {m.group(1)}"] = {"n": int(v), "meanSeconds": round(total / v, 3)}
+    if api:
+        out["api"] = dict(sorted(api.items(), key=lambda kv: -kv[1]["n"])[:8])
     adds = {c: metrics.get(f'sparsify_workqueue_adds_total{{coalesced="{c}"}}', 0) for c in ("true", "false")}
     if sum(adds.values()):
         out["addsCoalesced"] = round(adds["true"] / sum(adds.values()), 3)
@@ -300,7 +315,7 @@ class Bench:
     def start_operator(
         self, source: Path = REPO, name: str = "operator", env: dict | None = None, wait_leading: bool = True
     ) -> OperatorProcess:
-        op = OperatorProcess(self.kubeconfig, self.state / f"{name}.log", env, source=source).start()
+        op = OperatorProcess(self.kubeconfig, self.state / f"{name}.log", {**OPERATOR_ENV, **(env or {})}, source=source).start()
         if wait_leading and source == REPO:
             op.wait_leading(60)
         self.operators.append(op)

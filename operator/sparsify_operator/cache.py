@@ -6,8 +6,9 @@ informer cache, as controller-runtime keeps one).
   - the operator's own writes go in at once (read-your-writes: a status patch or a new Job is
     never seen stale by the next reconcile), and their echoes from the watch change nothing,
     so they cause no reconcile (`put_*` say whether anything changed);
-  - a finished Job's pods are read once from the API (the authoritative end of its pods,
-    whatever order the watches deliver things in) and kept until the Job goes;
+  - a finished Job's pods are fixed once (the watched ones if they already show its end, else
+    read from the API: the watches of Jobs and pods deliver in no common order) and kept
+    until the Job goes;
   - only what `observe` reads is kept (`slim_*`), and a finished SparsifyJob is kept as a
     stub: its results are latched in its status, so its Jobs and pods are never needed again.
 Thread-safe: handlers and workers call it from several threads."""
@@ -194,7 +195,6 @@ class Cache:
                 return Change.NONE
             jobs[name] = slim_job(obj)
             if finished(obj):
-                self._pods.pop(_uid(obj) or "", None)  # the finished read is authoritative from now on
                 return Change.NEW if old is None else (Change.CHANGED if finished(old) else Change.FINISHED)
             return Change.NEW if old is None else Change.CHANGED
 
@@ -208,7 +208,7 @@ class Cache:
         new = slim_pod(obj)
         with self._lock:
             if self._finished_owner(owner) or job_uid in self._finished_pods:
-                return Change.NONE
+                return Change.NONE  # its end is already fixed
             pods = self._pods.setdefault(job_uid, {})
             old = pods.get(new["metadata"]["name"])
             if old is not None and not _newer_or_equal(new, old) and _uid(new) == _uid(old):

@@ -102,7 +102,7 @@ def metrics_port() -> int:
 
 def workers() -> int:
     """Reconciles run at once (threads draining the work queue; each object on one at a time)."""
-    return max(1, int(os.environ.get("SPARSIFY_WORKERS", "4")))
+    return max(1, int(os.environ.get("SPARSIFY_WORKERS", "16")))
 
 
 def relist_seconds() -> float:

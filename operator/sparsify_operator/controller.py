@@ -33,9 +33,6 @@ from .workqueue import FINISHED, NEW, NORMAL, ExponentialBackoff, WorkQueue
 log = logging.getLogger("sparsify_operator")
 Key = tuple[str, str]
 RETRY_REASONS = (Reason.OOM_RETRY, Reason.KILLED_RETRY)
-# A Job with no pod this long after its creation may have been refused them (a quota): then,
-# and only then, its FailedCreate events are read.
-FAILED_CREATE_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -57,6 +54,18 @@ class Runtime:
     resynced: float = field(default_factory=time.monotonic)
     relisted: float = field(default_factory=time.monotonic)
     threads: list[threading.Thread] = field(default_factory=list)
+    _failed_creates_read: dict[str, float] = field(default_factory=dict)  # Job uid -> when its events were last read
+
+    def failed_creates_due(self, job_uid: str) -> bool:
+        """A Job without pods has its FailedCreate events read at most once a resync period (a
+        field-selected list of events is one of the API server's costlier reads)."""
+        now, last = time.monotonic(), self._failed_creates_read.get(job_uid)
+        if last is not None and now - last < config.resync_seconds():
+            return False
+        if len(self._failed_creates_read) > 10_000:  # Jobs long gone: forget them
+            self._failed_creates_read.clear()
+        self._failed_creates_read[job_uid] = now
+        return True
 
     def leading(self) -> bool:
         return self.leader is None or self.leader.holding()
@@ -150,10 +159,11 @@ def _observe_metrics(namespace: str, name: str, old, new: dict) -> None:
 
 
 def _pods_and_events(rt: Runtime, jobs: list[dict], now: str) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """The pods observe() needs: a finished Job's, read once from the API and kept (its pods no
-    longer change, and the read is the authoritative end whatever order the watches deliver
-    in); a Job still starting, from the watched pods (why it does not start). With no pod at
-    all some seconds after its creation, the Job controller's FailedCreate events (a quota)."""
+    """The pods observe() needs. A finished Job's: the watched ones when they already show its
+    end (as many ended pods as the Job controller counted), else read from the API; kept from
+    then on, since a finished Job's pods no longer change. A Job still starting: the watched
+    pods (why it does not start). With no pod at all a while after its creation, the Job
+    controller's FailedCreate events (a quota), read at most once a resync period per Job."""
     pods: dict[str, list[dict]] = {}
     events: dict[str, list[dict]] = {}
     for job in jobs:
@@ -161,15 +171,38 @@ def _pods_and_events(rt: Runtime, jobs: list[dict], now: str) -> tuple[dict[str,
         if observe_needs_pods(job):
             kept = rt.cache.finished_pods(uid)
             if kept is None:
-                kept = rt.kube.pods_of_job(job)
+                watched = rt.cache.pods_of(uid)
+                kept = watched if pods_show_the_end(job, watched) else rt.kube.pods_of_job(job)
                 rt.cache.put_finished_pods(uid, kept)
             pods[name] = kept
         elif observe_needs_waiting_pods(job):
             pods[name] = rt.cache.pods_of(uid)
             age = seconds_between(job["metadata"].get("creationTimestamp"), now)
-            if not pods[name] and age is not None and age >= FAILED_CREATE_GRACE_SECONDS:
+            if not pods[name] and age is not None and age >= failed_create_grace(rt.config) and rt.failed_creates_due(uid):
                 events[name] = rt.kube.failed_creates(job)
     return pods, events
+
+
+def failed_create_grace(cfg: OperatorConfig) -> float:
+    """How long a Job may have no pod before the operator asks why (a quota refusing them): a
+    tenth of the start deadline (30 s by default), so the reason is said well before the
+    deadline fails the stage, while a Job controller merely busy creating pods is not asked."""
+    return max(5.0, cfg.start_deadline_seconds / 10)
+
+
+def pods_show_the_end(job: dict, pods: list[dict]) -> bool:
+    """The watched pods of a finished Job already hold how it ended: at least as many ended
+    (terminated) pods of the right phase as the Job controller counted, at least one."""
+    status = job.get("status") or {}
+    complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or [])
+    phase, counted = ("Succeeded", status.get("succeeded")) if complete else ("Failed", status.get("failed"))
+    ended = [
+        p
+        for p in pods
+        if (p.get("status") or {}).get("phase") == phase
+        and any((c.get("state") or {}).get("terminated") for c in (p.get("status") or {}).get("containerStatuses") or [])
+    ]
+    return len(ended) >= max(1, int(counted or 0))
 
 
 def process(rt: Runtime, key: Key) -> None:

@@ -9,6 +9,7 @@ operator."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from . import config, controller, metrics
 from .api import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 from .cache import Change
 from .controller import Runtime
+from .kube import TimedApiClient
 from .workqueue import NEW
 
 log = logging.getLogger("sparsify_operator")
@@ -34,12 +36,28 @@ def _api_client() -> client.ApiClient:
         kube_config.load_kube_config()
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = max(8, 2 * config.workers())  # one connection per worker, and the recorder's, elector's, resync's
-    return client.ApiClient(cfg)
+    return TimedApiClient(cfg)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No "last handled state": the operator has only event handlers and decides from what it
+    observes, so it never needs one, and Kopf would otherwise deep-copy every object on every
+    watch event to build it (a third of the operator's CPU in a burst of 500)."""
+
+    def build(self, *, body, extra_fields=None):
+        return None
+
+    def fetch(self, *, body):
+        return None
+
+    def store(self, *, body, patch, essence) -> None:
+        pass
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     settings.scanning.disabled = True  # our resources are known: no need to watch CRDs (and no RBAC for it)
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     # Only the operator's own Jobs and pods are listed and watched, filtered by the API server
@@ -54,6 +72,20 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     configure(settings)
     memo.runtime = controller.start(_api_client(), config.from_env())
     metrics.serve(config.metrics_port())
+
+
+@kopf.on.startup()
+async def measure_event_loop_lag(**_) -> None:
+    """Kopf reads every watch stream and calls every handler on one event loop: how late its
+    timers fire is how long a watch event waits before its handler runs."""
+    asyncio.get_running_loop().create_task(_loop_lag())
+
+
+async def _loop_lag(period: float = 0.25) -> None:
+    while True:
+        t0 = time.monotonic()
+        await asyncio.sleep(period)
+        metrics.EVENT_LOOP_LAG.observe(max(0.0, time.monotonic() - t0 - period))
 
 
 @kopf.on.cleanup()

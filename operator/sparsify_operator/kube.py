@@ -8,12 +8,15 @@ import datetime as dt
 import json
 import logging
 import socket
+import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from . import metrics
 from .api import ANNOTATION_FAILED, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger("sparsify_operator")
@@ -30,6 +33,32 @@ def _now() -> str:
 
 def _micro_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class TimedApiClient(client.ApiClient):
+    """The Kubernetes client, each request timed by verb and resource
+    (`sparsify_api_request_duration_seconds`, like client-go's rest_client_request_latency):
+    where a slow reconcile waits shows there."""
+
+    def request(self, method, url, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return super().request(method, url, *args, **kwargs)
+        finally:
+            metrics.API_LATENCY.labels(method, resource_of(url)).observe(time.monotonic() - t0)
+
+
+def resource_of(url: str) -> str:
+    """'jobs', 'sparsifyjobs/status', ... from a request URL (the resource after the namespace,
+    or after the group version for cluster-wide calls)."""
+    parts = urllib.parse.urlsplit(url).path.strip("/").split("/")
+    if "namespaces" in parts[:-1]:
+        parts = parts[parts.index("namespaces") + 2 :]
+    else:
+        parts = parts[3:] if parts[:1] == ["apis"] else parts[2:]
+    if not parts:
+        return "namespaces"
+    return parts[0] + (f"/{parts[2]}" if len(parts) > 2 else "")
 
 
 class NotLeader(Exception):

@@ -22,6 +22,17 @@ EVENTS_DROPPED = Counter("sparsify_events_dropped_total", "Events not posted: th
 LEADER = Gauge("sparsify_leader", "1 while this replica holds the leader Lease and reconciles")
 LEADER_TRANSITIONS = Counter("sparsify_leader_transitions_total", "Times this replica became the leader")
 
+API_LATENCY = Histogram(
+    "sparsify_api_request_duration_seconds",
+    "API requests by verb and resource (how long a reconcile waits on the API server)",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENT_LOOP_LAG = Histogram(
+    "sparsify_event_loop_lag_seconds",
+    "How late Kopf's event loop runs a timer (every watch event waits as long before its handler)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 _LATENCY = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _PRIORITY = {p: name for p, name in zip(PRIORITIES, ("finished", "new", "normal"))}
 QUEUE_DEPTH = Gauge("sparsify_workqueue_depth", "Objects waiting for a reconcile")
