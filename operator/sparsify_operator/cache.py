@@ -19,6 +19,7 @@ import threading
 from enum import Enum
 
 from .api import LABEL_JOB, TERMINAL
+from .observe import STUCK_REASONS
 
 Key = tuple[str, str]  # (namespace, name)
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
@@ -125,9 +126,14 @@ def slim_pod(pod: dict) -> dict:
 
 
 def _observed_part(pod: dict) -> tuple:
-    """The part of a slim pod whose change can change a decision (not its resourceVersion)."""
+    """What of a slim pod can change a decision (observe() and waiting()): started or not, a
+    waiting reason that will not clear by itself, being unschedulable, having ended. A pod
+    going through ContainerCreating, or being scheduled, changes nothing decided."""
     s = pod["status"]
-    return s["phase"], repr(s["conditions"]), repr(s["containerStatuses"])
+    states = [c.get("state") or {} for c in s["containerStatuses"]]
+    stuck = [(w.get("reason"), w.get("message")) for w in (st.get("waiting") or {} for st in states) if w.get("reason") in STUCK_REASONS]
+    unschedulable = [(c.get("reason"), c.get("message")) for c in s["conditions"] if c.get("status") == "False"]
+    return s["phase"] in (None, "Pending"), s["phase"], repr(stuck), repr(unschedulable), repr([st.get("terminated") for st in states])
 
 
 def finished(job: dict) -> bool:

@@ -58,6 +58,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     settings.scanning.disabled = True  # our resources are known: no need to watch CRDs (and no RBAC for it)
     settings.persistence.diffbase_storage = NoDiffBase()
+    settings.watching.chunk_size = 500  # Kopf's own initial lists come in pages too, not as one response of every object
+    settings.queueing.idle_timeout = 1.0  # Kopf's per-object task goes a second after its last event (not 5 s): fewer held at once
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     # Only the operator's own Jobs and pods are listed and watched, filtered by the API server

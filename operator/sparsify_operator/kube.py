@@ -113,21 +113,18 @@ class Kube:
 
     def list_stage_jobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
         """Every Job this operator made (in the watched namespaces) and the oldest list's resourceVersion."""
-        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        if not namespaces:
-            lists = [self._paged(self.batch.list_job_for_all_namespaces, label_selector=selector)]
-        else:
-            lists = [self._paged(self.batch.list_namespaced_job, ns, label_selector=selector) for ns in namespaces]
-        return _items_and_oldest_rv(lists)
+        return self._list_ours(self.batch.list_job_for_all_namespaces, self.batch.list_namespaced_job, namespaces)
 
     def list_stage_pods(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
         """Every pod of a Job this operator made (in the watched namespaces)."""
+        return self._list_ours(self.core.list_pod_for_all_namespaces, self.core.list_namespaced_pod, namespaces)
+
+    def _list_ours(self, cluster_wide, namespaced, namespaces: list[str]) -> tuple[list[dict], int | None]:
+        """What carries the operator's label, selected by the API server, cluster-wide or per namespace."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         if not namespaces:
-            lists = [self._paged(self.core.list_pod_for_all_namespaces, label_selector=selector)]
-        else:
-            lists = [self._paged(self.core.list_namespaced_pod, ns, label_selector=selector) for ns in namespaces]
-        return _items_and_oldest_rv(lists)
+            return _items_and_oldest_rv([self._paged(cluster_wide, label_selector=selector)])
+        return _items_and_oldest_rv([self._paged(namespaced, ns, label_selector=selector) for ns in namespaces])
 
     def pods_of_job(self, job: dict) -> list[dict]:
         """The pods of this very Job (by its uid, not a namesake's)."""

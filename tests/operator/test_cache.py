@@ -201,7 +201,9 @@ def test_watched_pods_say_a_change_only_where_observe_would_see_one():
     c.put_sparsifyjob(sj())
     assert c.put_pod(pod_of("j1", rv=1)) is Change.NEW
     assert c.put_pod(pod_of("j1", rv=2)) is Change.NONE  # a new resourceVersion, nothing observe reads
-    assert c.put_pod(pod_of("j1", rv=3, waiting="CreateContainerConfigError")) is Change.CHANGED
+    assert c.put_pod(pod_of("j1", rv=3, waiting="ContainerCreating")) is Change.NONE  # on its way: nothing to decide
+    assert c.put_pod(pod_of("j1", rv=4, waiting="CreateContainerConfigError")) is Change.CHANGED  # stuck: say why
     assert [p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] for p in c.pods_of("j1")] == ["CreateContainerConfigError"]
+    assert c.put_pod(pod_of("j1", rv=5, phase="Running")) is Change.CHANGED  # started
     c.put_finished_pods("j1", [])  # its Job finished: the read at that moment is what counts from now on
-    assert c.pods_of("j1") == [] and c.put_pod(pod_of("j1", rv=4, phase="Succeeded")) is Change.NONE
+    assert c.pods_of("j1") == [] and c.put_pod(pod_of("j1", rv=6, phase="Succeeded")) is Change.NONE
