@@ -269,9 +269,10 @@ class PodWorker(threading.Thread):
         term = ensure_file(self._termination_file(c))
         term.write_bytes(b"")
         try:
-            env = container_env(
-                self.pod, c.spec, self.host.base_env(self.pod, self.pod_ip), self.host.secret_values, self.host.config_map_data
-            )
+            # The downward API's status.podIP/hostIP are known here, before the pod's status
+            # is first written (as a kubelet resolves them when it starts the container).
+            pod = {**self.pod, "status": {**(self.pod.get("status") or {}), "podIP": self.pod_ip, "hostIP": "127.0.0.1"}}
+            env = container_env(pod, c.spec, self.host.base_env(self.pod, self.pod_ip), self.host.secret_values, self.host.config_map_data)
             argv = container_argv(c.spec, env, self.node.image_entrypoints)
         except EnvError as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}

@@ -74,7 +74,9 @@ def helm_install_operator(kubeconfig: str, chart: Path, values: dict[str, str]) 
     ports for its health and metrics endpoints, waited for; `values` are the --set overrides."""
     from .controlplane import free_port
 
-    settings = {"healthPort": str(free_port()), "metrics.port": str(free_port()), **values}
+    # The process-kubelet's pods share this machine's network (as with hostNetwork): each
+    # replica listens on its own pod IP (127.1.0.x), or the second could not bind the ports.
+    settings = {"healthPort": str(free_port()), "metrics.port": str(free_port()), "listenOnPodIP": "true", **values}
     sets = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
     return helm(
         kubeconfig,

@@ -100,6 +100,13 @@ def metrics_port() -> int:
     return int(os.environ.get("SPARSIFY_METRICS_PORT", "9090"))
 
 
+def listen_address() -> str:
+    """Where the metrics endpoint listens: every interface by default (kubectl port-forward
+    reaches it); the pod's own IP where pods share a network namespace (hostNetwork), so two
+    replicas on one node do not want the same port."""
+    return os.environ.get("SPARSIFY_LISTEN_ADDRESS", "") or "0.0.0.0"
+
+
 def workers() -> int:
     """Reconciles run at once (threads draining the work queue; each object on one at a time)."""
     return max(1, int(os.environ.get("SPARSIFY_WORKERS", "16")))

@@ -72,8 +72,18 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     configure(settings)
+    # The port first: a replica that cannot serve its metrics exits (and its pod restarts,
+    # visibly) before it ever runs for the leader Lease, instead of holding the Lease while
+    # Kopf retries this handler and the healthy replica stands by.
+    port, address = config.metrics_port(), config.listen_address()
+    try:
+        metrics.serve(port, address)
+    except OSError as e:
+        raise kopf.PermanentError(
+            f"cannot serve metrics on {address}:{port} ({e.strerror}): another process in this pod's network holds the port;"
+            " set another metrics.port, or listenOnPodIP where replicas share the node's network (hostNetwork)"
+        ) from e
     memo.runtime = controller.start(_api_client(), config.from_env())
-    metrics.serve(config.metrics_port())
 
 
 @kopf.on.startup()

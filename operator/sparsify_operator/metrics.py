@@ -84,6 +84,6 @@ def observe_phase(namespace: str, name: str, phase: str | None) -> None:
         JOBS_BY_PHASE.labels(namespace, phase).inc()
 
 
-def serve(port: int) -> None:
+def serve(port: int, address: str = "0.0.0.0") -> None:
     if port > 0:
-        start_http_server(port)
+        start_http_server(port, addr=address)

@@ -4,6 +4,7 @@ credentials; it reconciles a sample SparsifyJob; `helm uninstall` leaves nothing
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,16 @@ def lease_of(kube, name: str):
     return lease if lease.spec.holder_identity else None
 
 
+def leader_gauge(pod) -> str | None:
+    """`sparsify_leader` as the pod serves it on its own IP (None: not serving)."""
+    (port,) = [p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "metrics"]
+    try:
+        text = urllib.request.urlopen(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    return next((line.split()[1] for line in text.splitlines() if line.startswith("sparsify_leader ")), None)
+
+
 def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     apps, custom, rbac = client.AppsV1Api(kube), client.CustomObjectsApi(kube), client.RbacAuthorizationV1Api(kube)
     team = create_namespace(core, "team")
@@ -50,6 +61,10 @@ def test_helm_install_reconcile_and_uninstall(cluster, core, kube):
     assert len({p.spec.node_name for p in running}) == 2  # placed apart by the scheduler (anti-affinity), run by the process-kubelet
     lease = wait_until(lambda: lease_of(kube, "sparsify-sparsify-operator"), 30, what="the leader Lease")
     (pod,) = [p for p in running if lease.spec.holder_identity.startswith(p.metadata.name + "_")]
+    # Both replicas are up and serving on their own pod IPs (they share this machine's network),
+    # one leading and one standing by: a standby that could not bind would not take over.
+    wait_until(lambda: sorted(leader_gauge(p) for p in running) == ["0.0", "1.0"], 30, what="one leader and one standby serving metrics")
+    assert leader_gauge(pod) == "1.0"
     pdb = client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget("sparsify-sparsify-operator", "sparsify-system")
     assert pdb.spec.min_available == 1
 

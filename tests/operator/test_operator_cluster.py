@@ -4,6 +4,7 @@ tested on its own). The operator runs with its ServiceAccount's RBAC."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -298,6 +299,33 @@ def test_a_standby_takes_over_when_the_leader_is_killed_and_nothing_is_done_twic
         operator.start()  # back, as the standby now
         standby.stop()  # a clean shutdown releases the Lease: the session's operator leads again at its next try
         operator.wait_leading(30)
+
+
+def test_a_replica_that_cannot_bind_its_metrics_port_exits_without_taking_the_lease(operator, operator_kubeconfig, kube, tmp_path):
+    """Two replicas sharing a network want the same port: the one that cannot bind must say so
+    and exit (its pod restarts, visibly), not hold the Lease while the healthy one stands by."""
+    leases = client.CoordinationV1Api(kube)
+    lease_name = "sparsify-operator"  # the session operator's (it watches every namespace)
+    operator.stop()  # a clean shutdown releases the Lease: free for whoever tries next
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        clash = OperatorProcess(
+            operator_kubeconfig, tmp_path / "clash.log", {**OPERATOR_ENV, "SPARSIFY_METRICS_PORT": str(taken.getsockname()[1])}
+        )
+        try:
+            try:
+                clash.start()
+            except RuntimeError:
+                pass  # exited before its liveness answered
+            wait_until(lambda: clash.proc.poll() is not None, 60, what="the replica that cannot bind to exit")
+            assert clash.proc.returncode != 0
+            assert "cannot serve metrics on 0.0.0.0:" in clash.output() and "Address already in use" in clash.output()
+            assert not leases.read_namespaced_lease(lease_name, "sparsify-system").spec.holder_identity
+        finally:
+            clash.kill()
+            operator.start()
+            operator.wait_leading(30)
 
 
 def test_deleting_mid_run_leaves_nothing_behind_even_with_the_operator_down(operator, custom, core, batch, namespace):
