@@ -142,7 +142,8 @@ def finished(job: dict) -> bool:
     )
 
 
-def _owner_key(obj: dict) -> Key | None:
+def owner_key(obj: dict) -> Key | None:
+    """The SparsifyJob a stage Job or pod belongs to (its label)."""
     name = (obj["metadata"].get("labels") or {}).get(LABEL_JOB)
     return (obj["metadata"]["namespace"], name) if name else None
 
@@ -188,7 +189,7 @@ class Cache:
             return Change.NEW if old is None or _uid(old) != _uid(obj) else Change.CHANGED
 
     def put_job(self, obj: dict) -> Change:
-        owner = _owner_key(obj)
+        owner = owner_key(obj)
         if not owner:
             return Change.NONE
         name = obj["metadata"]["name"]
@@ -208,7 +209,7 @@ class Cache:
         """A stage pod from the watch: kept while its Job runs (why it does not start, if it
         does not); CHANGED only where what observe() reads changed."""
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        job_uid, owner = labels.get(JOB_UID_LABEL), _owner_key(obj)
+        job_uid, owner = labels.get(JOB_UID_LABEL), owner_key(obj)
         if not job_uid or not owner:
             return Change.NONE
         new = slim_pod(obj)
@@ -249,7 +250,7 @@ class Cache:
             self._sparsifyjobs.pop((namespace, name), None)
 
     def forget_job(self, obj: dict) -> None:
-        owner = _owner_key(obj)
+        owner = owner_key(obj)
         with self._lock:
             jobs = self._jobs.get(owner) if owner else None
             if jobs is not None:
@@ -266,7 +267,7 @@ class Cache:
             self._sparsifyjobs = _merged(self._sparsifyjobs, {_key(o): slim_sparsifyjob(o) for o in sparsifyjobs}, snapshot)
             listed: dict[Key, dict[str, dict]] = {}
             for j in jobs:
-                owner = _owner_key(j)
+                owner = owner_key(j)
                 if owner and not self._finished_owner(owner):
                     listed.setdefault(owner, {})[j["metadata"]["name"]] = slim_job(j)
             owners = (set(listed) | set(self._jobs)) - {k for k in set(listed) | set(self._jobs) if self._finished_owner(k)}

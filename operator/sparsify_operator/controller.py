@@ -20,7 +20,7 @@ from kubernetes import client
 
 from . import config, metrics
 from .api import LABEL_STAGE, Reason
-from .cache import Cache, Change, terminal
+from .cache import Cache, Change, owner_key, slim, slim_job, slim_sparsifyjob, terminal
 from .config import LeaderElection, OperatorConfig
 from .events import EventRecorder
 from .kube import Kube, NotLeader, Refused
@@ -266,12 +266,19 @@ def _resync_loop(rt: Runtime) -> None:
 
 def relist(rt: Runtime) -> None:
     """Three lists (SparsifyJobs, then stage Jobs and their pods) replace the cache: whatever a
-    watch missed."""
+    watch missed. Each page is cut to what the cache keeps as it arrives (a finished run's Jobs
+    and pods are not kept at all), so memory does not peak with the cluster's history."""
     t0 = time.monotonic()
-    sparsifyjobs, rv_sj = rt.kube.list_sparsifyjobs(rt.namespaces)
-    jobs, rv_jobs = rt.kube.list_stage_jobs(rt.namespaces)
+    sparsifyjobs, rv_sj = rt.kube.list_sparsifyjobs(rt.namespaces, keep=slim_sparsifyjob)
+    finished = {(sj["metadata"]["namespace"], sj["metadata"]["name"]) for sj in sparsifyjobs if terminal(sj)}
+
+    def unless_finished(trim):
+        return lambda obj: None if owner_key(obj) in finished else trim(obj)
+
+    jobs, rv_jobs = rt.kube.list_stage_jobs(rt.namespaces, keep=unless_finished(slim_job))
     rt.cache.replace(sparsifyjobs, jobs, None if None in (rv_sj, rv_jobs) else min(rv_sj, rv_jobs))
-    pods, _ = rt.kube.list_stage_pods(rt.namespaces)
+    del sparsifyjobs, jobs
+    pods, _ = rt.kube.list_stage_pods(rt.namespaces, keep=unless_finished(slim))
     for pod in pods:
         rt.cache.put_pod(pod)
     rt.relisted, rt.relist_due = time.monotonic(), False

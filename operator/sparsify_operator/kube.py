@@ -25,6 +25,7 @@ log = logging.getLogger("sparsify_operator")
 TIMEOUT = (5, 30)
 LIST_TIMEOUT = (5, 120)
 PAGE = 500  # relists come in pages: a cluster with thousands of Jobs is never one giant response
+Keep = Callable[[dict], dict | None] | None  # what a list keeps of each item, page by page
 
 
 def _now() -> str:
@@ -91,40 +92,43 @@ class Kube:
     def _raw(resp) -> dict:
         return json.loads(resp.data)
 
-    def _paged(self, call, *args, **kwargs) -> dict:
+    def _paged(self, call, *args, keep: Keep = None, **kwargs) -> dict:
         """All pages of a list; the result carries the first page's resourceVersion (the
-        snapshot every page is served from)."""
+        snapshot every page is served from). `keep` maps each item to what is kept of it (None:
+        dropped) page by page, so a relist of 50,000 Jobs never holds more than one page of
+        whole objects."""
         first, items, token = None, [], None
         while True:
             page = self._raw(call(*args, limit=PAGE, _continue=token, _preload_content=False, _request_timeout=LIST_TIMEOUT, **kwargs))
+            page_items = page.pop("items", None) or []
             first = first or page
-            items += page.get("items") or []
+            items += page_items if keep is None else [k for k in map(keep, page_items) if k is not None]
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return {**first, "items": items}
 
-    def list_sparsifyjobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
+    def list_sparsifyjobs(self, namespaces: list[str], keep: Keep = None) -> tuple[list[dict], int | None]:
         """Every SparsifyJob (in the watched namespaces) and the oldest list's resourceVersion."""
         if not namespaces:
-            lists = [self._paged(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)]
+            lists = [self._paged(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, keep=keep)]
         else:
-            lists = [self._paged(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL) for ns in namespaces]
+            lists = [self._paged(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, keep=keep) for ns in namespaces]
         return _items_and_oldest_rv(lists)
 
-    def list_stage_jobs(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
+    def list_stage_jobs(self, namespaces: list[str], keep: Keep = None) -> tuple[list[dict], int | None]:
         """Every Job this operator made (in the watched namespaces) and the oldest list's resourceVersion."""
-        return self._list_ours(self.batch.list_job_for_all_namespaces, self.batch.list_namespaced_job, namespaces)
+        return self._list_ours(self.batch.list_job_for_all_namespaces, self.batch.list_namespaced_job, namespaces, keep)
 
-    def list_stage_pods(self, namespaces: list[str]) -> tuple[list[dict], int | None]:
+    def list_stage_pods(self, namespaces: list[str], keep: Keep = None) -> tuple[list[dict], int | None]:
         """Every pod of a Job this operator made (in the watched namespaces)."""
-        return self._list_ours(self.core.list_pod_for_all_namespaces, self.core.list_namespaced_pod, namespaces)
+        return self._list_ours(self.core.list_pod_for_all_namespaces, self.core.list_namespaced_pod, namespaces, keep)
 
-    def _list_ours(self, cluster_wide, namespaced, namespaces: list[str]) -> tuple[list[dict], int | None]:
+    def _list_ours(self, cluster_wide, namespaced, namespaces: list[str], keep: Keep) -> tuple[list[dict], int | None]:
         """What carries the operator's label, selected by the API server, cluster-wide or per namespace."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         if not namespaces:
-            return _items_and_oldest_rv([self._paged(cluster_wide, label_selector=selector)])
-        return _items_and_oldest_rv([self._paged(namespaced, ns, label_selector=selector) for ns in namespaces])
+            return _items_and_oldest_rv([self._paged(cluster_wide, label_selector=selector, keep=keep)])
+        return _items_and_oldest_rv([self._paged(namespaced, ns, label_selector=selector, keep=keep) for ns in namespaces])
 
     def pods_of_job(self, job: dict) -> list[dict]:
         """The pods of this very Job (by its uid, not a namesake's)."""

@@ -111,6 +111,18 @@ def test_relists_come_in_pages_and_keep_the_first_pages_snapshot():
     assert [i["n"] for i in out["items"]] == [1, 2, 3, 4] and out["metadata"]["resourceVersion"] == "41"
     assert asked == [("ml", PAGE, None, "a=b"), ("ml", PAGE, "p2", "a=b"), ("ml", PAGE, "p3", "a=b")]
 
+    # what is kept of each item is decided page by page: dropped items and cut fields never pile up
+    seen_per_page = []
+
+    def keep(item):
+        seen_per_page.append(len(asked))
+        return None if item["n"] % 2 else {"n": item["n"], "kept": True}
+
+    asked.clear()
+    out = Kube.__new__(Kube)._paged(list_call, "ml", label_selector="a=b", keep=keep)
+    assert out["items"] == [{"n": 2, "kept": True}, {"n": 4, "kept": True}] and out["metadata"]["resourceVersion"] == "41"
+    assert seen_per_page == [1, 1, 2, 3]  # each item trimmed right after its own page came
+
 
 def test_stage_jobs_and_pods_are_watched_with_a_server_side_label_selector_and_sparsifyjobs_without():
     import kopf
