@@ -246,12 +246,12 @@ def _resync_loop(rt: Runtime) -> None:
     queued (decisions that wait on time, not events), and a full relist when one is due."""
     period = config.resync_seconds()
     while not rt.stop.is_set():
-        woken = rt.wake.wait(period)
+        rt.wake.wait(period)
         rt.wake.clear()
         if rt.stop.is_set():
             return
         try:
-            due = rt.relist_due or woken or time.monotonic() - rt.relisted >= config.relist_seconds()
+            due = rt.relist_due or time.monotonic() - rt.relisted >= config.relist_seconds()
             if due:
                 relist(rt)
             else:
@@ -328,12 +328,14 @@ def start(api_client: client.ApiClient, operator_config: OperatorConfig, electio
 
 def _became_leader(rt: Runtime) -> None:
     """Leading from now: every unfinished object queued at once, and the resync loop woken for a
-    relist (not here: the elector's thread must keep renewing)."""
+    relist (not here: the elector's thread must keep renewing). Not when the cache was relisted
+    within a resync period: a replica that has just started (and relisted before its first
+    event) would list the cluster's whole history twice in a row."""
     metrics.LEADER.set(1)
     metrics.LEADER_TRANSITIONS.inc()
     for key in rt.cache.unfinished():
         rt.queue.add(key, NEW)
-    rt.relist_due = True
+    rt.relist_due = time.monotonic() - rt.relisted >= config.resync_seconds()
     rt.wake.set()
 
 
