@@ -271,7 +271,7 @@ class PodWorker(threading.Thread):
         try:
             # The downward API's status.podIP/hostIP are known here, before the pod's status
             # is first written (as a kubelet resolves them when it starts the container).
-            pod = {**self.pod, "status": {**(self.pod.get("status") or {}), "podIP": self.pod_ip, "hostIP": "127.0.0.1"}}
+            pod = {**self.pod, "status": {**(self.pod.get("status") or {}), **self.addresses()}}
             env = container_env(pod, c.spec, self.host.base_env(self.pod, self.pod_ip), self.host.secret_values, self.host.config_map_data)
             argv = container_argv(c.spec, env, self.node.image_entrypoints)
         except EnvError as e:
@@ -410,6 +410,10 @@ class PodWorker(threading.Thread):
 
     # ---- status ------------------------------------------------------------------------------
 
+    def addresses(self) -> dict:
+        """The pod's and its node's addresses, as its status says them (the node is this machine)."""
+        return {"hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}]}
+
     def status(self) -> dict:
         ready = self.phase == "Running" and all("running" in c.state for c in self.containers)
         t = now_rfc3339()
@@ -422,10 +426,7 @@ class PodWorker(threading.Thread):
 
         status = {
             "phase": self.phase,
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": self.pod_ip,
-            "podIPs": [{"ip": self.pod_ip}],
+            **self.addresses(),
             "startTime": self.start_time,
             "conditions": [
                 cond("PodReadyToStartContainers", True),

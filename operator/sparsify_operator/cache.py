@@ -148,7 +148,8 @@ def owner_key(obj: dict) -> Key | None:
     return (obj["metadata"]["namespace"], name) if name else None
 
 
-def _key(obj: dict) -> Key:
+def key_of(obj: dict) -> Key:
+    """A SparsifyJob's (namespace, name)."""
     return obj["metadata"]["namespace"], obj["metadata"]["name"]
 
 
@@ -178,7 +179,7 @@ class Cache:
     # ---- writes (watch events, the operator's own writes, relists) ------------------------
 
     def put_sparsifyjob(self, obj: dict) -> Change:
-        key = _key(obj)
+        key = key_of(obj)
         with self._lock:
             old = self._sparsifyjobs.get(key)
             if _same_version(obj, old) or not _newer_or_equal(obj, old) and _uid(obj) == _uid(old):
@@ -264,7 +265,7 @@ class Cache:
         """A full relist taken at resourceVersion `snapshot`: what is gone is forgotten, what is
         newer replaces the cached copy, and what the cache learnt after the snapshot stays."""
         with self._lock:
-            self._sparsifyjobs = _merged(self._sparsifyjobs, {_key(o): slim_sparsifyjob(o) for o in sparsifyjobs}, snapshot)
+            self._sparsifyjobs = _merged(self._sparsifyjobs, {key_of(o): slim_sparsifyjob(o) for o in sparsifyjobs}, snapshot)
             listed: dict[Key, dict[str, dict]] = {}
             for j in jobs:
                 owner = owner_key(j)

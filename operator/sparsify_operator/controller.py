@@ -20,7 +20,7 @@ from kubernetes import client
 
 from . import config, metrics
 from .api import LABEL_STAGE, Reason
-from .cache import Cache, Change, owner_key, slim, slim_job, slim_sparsifyjob, terminal
+from .cache import Cache, Change, key_of, owner_key, slim, slim_job, slim_sparsifyjob, terminal
 from .config import LeaderElection, OperatorConfig
 from .events import EventRecorder
 from .kube import Kube, NotLeader, Refused
@@ -270,7 +270,7 @@ def relist(rt: Runtime) -> None:
     and pods are not kept at all), so memory does not peak with the cluster's history."""
     t0 = time.monotonic()
     sparsifyjobs, rv_sj = rt.kube.list_sparsifyjobs(rt.namespaces, keep=slim_sparsifyjob)
-    finished = {(sj["metadata"]["namespace"], sj["metadata"]["name"]) for sj in sparsifyjobs if terminal(sj)}
+    finished = {key_of(sj) for sj in sparsifyjobs if terminal(sj)}
 
     def unless_finished(trim):
         return lambda obj: None if owner_key(obj) in finished else trim(obj)
