@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import os
+import socket
 import sys
 
 import kopf
@@ -37,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     few_malloc_arenas()
     namespaces = config.watched_namespaces()
     kopf.configure(verbose=args.verbose)
-    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness or None)
+    # The identity is given, not detected: Kopf's detection asks the password database for the
+    # user, and a UID without an entry (an image's 65532, OpenShift's random UIDs) crashes it.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}/sparsify-operator"
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness or None,
+        identity=identity,
+    )
     return 0
 
 
