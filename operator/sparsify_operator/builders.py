@@ -269,9 +269,21 @@ def _train_job(sj: dict, spec: SparsifySpec, attempt: int, config: OperatorConfi
     return job_spec, pod_spec, ({KUEUE_QUEUE_LABEL: queue} if queue else {})
 
 
+def cpu_stage_resources(stage: str, config: OperatorConfig) -> dict:
+    """The stage's defaults with the platform's overrides (Helm `stages.cpuStageResources`) on top."""
+    out = {kind: dict(values) for kind, values in STAGE_RESOURCES[stage].items()}
+    for name, raw in config.cpu_stage_resources:
+        if name == stage:
+            for kind, values in json.loads(raw).items():
+                out.setdefault(kind, {}).update(values)
+    return out
+
+
 def _cpu_stage_job(sj: dict, spec: SparsifySpec, stage: str, attempt: int, config: OperatorConfig) -> tuple[dict, dict, dict]:
     """validate, export, benchmark or publish: one CPU pod, its own resources and deadline."""
-    container = stage_container(sj, spec, stage, attempt, config, config.cpu_image, [*config.worker_command, stage], STAGE_RESOURCES[stage])
+    container = stage_container(
+        sj, spec, stage, attempt, config, config.cpu_image, [*config.worker_command, stage], cpu_stage_resources(stage, config)
+    )
     pod_spec = _pod_spec(spec, container, STAGE_SCRATCH[stage])
     if stage == "benchmark" and spec.benchmark.node_selector:
         pod_spec["nodeSelector"] = dict(spec.benchmark.node_selector)

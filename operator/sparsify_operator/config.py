@@ -36,6 +36,9 @@ class OperatorConfig:
     train_scratch_size: str = "100Gi"  # the dataset, checkpoints and exports under /tmp
     start_deadline_seconds: int = 300  # a stage pod that cannot start by then fails the stage with the reason
     dataset_cache_host_path: str = ""  # a node directory training pods keep datasets in between attempts and runs
+    # Per CPU stage, merged over the builders' defaults (Helm `stages.cpuStageResources`): nodes
+    # sized otherwise than c5.12xlarge. (stage, JSON {"requests": {...}, "limits": {...}}) pairs.
+    cpu_stage_resources: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
 # Liveness fails when the resync loop has not completed for this many periods.
@@ -74,7 +77,31 @@ def from_env() -> OperatorConfig:
         train_scratch_size=os.environ.get("SPARSIFY_TRAIN_SCRATCH_SIZE") or d.train_scratch_size,
         start_deadline_seconds=int(os.environ.get("SPARSIFY_START_DEADLINE_SECONDS") or d.start_deadline_seconds),
         dataset_cache_host_path=os.environ.get("SPARSIFY_DATASET_CACHE_HOST_PATH", ""),
+        cpu_stage_resources=_stage_resources("SPARSIFY_CPU_STAGE_RESOURCES"),
     )
+
+
+CPU_STAGES = ("validate", "export", "benchmark", "publish")
+
+
+def _stage_resources(name: str) -> tuple[tuple[str, str], ...]:
+    """{"benchmark": {"requests": {"cpu": "4"}, "limits": {...}}, ...}: checked here, so a typo
+    stops the operator at start with its name rather than building pods nobody asked for."""
+    raw = os.environ.get(name) or "{}"
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object keyed by stage, got {raw!r}")
+    out = []
+    for stage, res in sorted(value.items()):
+        if stage not in CPU_STAGES:
+            raise ValueError(f"{name}: unknown stage {stage!r} (CPU stages: {', '.join(CPU_STAGES)})")
+        if not isinstance(res, dict) or set(res) - {"requests", "limits"}:
+            raise ValueError(f"{name}.{stage} may only have requests and limits, got {res!r}")
+        for kind, quantities in res.items():
+            if not isinstance(quantities, dict) or not all(isinstance(v, str | int) for v in quantities.values()):
+                raise ValueError(f"{name}.{stage}.{kind} must map resource names to quantities, got {quantities!r}")
+        out.append((stage, json.dumps({k: {r: str(q) for r, q in v.items()} for k, v in res.items()}, sort_keys=True)))
+    return tuple(out)
 
 
 def _quantities(name: str, default: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

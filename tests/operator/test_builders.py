@@ -1,6 +1,9 @@
 """Pure builders: spec -> Job/Service manifests."""
 
 import json
+import re
+
+import pytest
 
 from sparsify_operator.builders import (
     construct_job,
@@ -249,3 +252,24 @@ def test_a_node_dataset_cache_is_mounted_into_training_pods_only_when_the_platfo
     assert {"name": "datasets", "hostPath": {"path": "/var/lib/sparsify/datasets", "type": "DirectoryOrCreate"}} in pod["volumes"]
     assert env_of(train)["SPARSIFY_DATASET_CACHE"] == "/var/cache/sparsify-datasets"
     assert "SPARSIFY_DATASET_CACHE" not in env_of(construct_job(sj, normalized(sj["spec"]), "validate", 0, cfg, None, {}))
+
+
+def test_the_platform_resizes_cpu_stages_per_stage_and_a_typo_stops_the_operator(monkeypatch):
+    from sparsify_operator.config import from_env
+
+    monkeypatch.setenv("SPARSIFY_CPU_STAGE_RESOURCES", json.dumps({"benchmark": {"requests": {"cpu": 2}, "limits": {"memory": "6Gi"}}}))
+    cfg = from_env()
+    sj = stored_sparsifyjob()
+    bench = construct_job(sj, normalized(sj["spec"]), "benchmark", 0, cfg, None, {})["spec"]["template"]["spec"]["containers"][0]
+    assert bench["resources"] == {"requests": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "4Gi"}, "limits": {"memory": "6Gi"}}
+    export = construct_job(sj, normalized(sj["spec"]), "export", 0, cfg, None, {})["spec"]["template"]["spec"]["containers"][0]
+    assert export["resources"]["requests"]["cpu"] == "2" and export["resources"]["limits"] == {"memory": "16Gi"}  # untouched
+    for bad, says in (
+        ({"bench": {"requests": {"cpu": "2"}}}, "unknown stage 'bench'"),
+        ({"export": {"request": {"cpu": "2"}}}, "may only have requests and limits"),
+        ({"export": {"requests": ["cpu"]}}, "must map resource names to quantities"),
+        (["export"], "JSON object keyed by stage"),
+    ):
+        monkeypatch.setenv("SPARSIFY_CPU_STAGE_RESOURCES", json.dumps(bad))
+        with pytest.raises(ValueError, match=re.escape(says)):
+            from_env()
