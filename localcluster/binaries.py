@@ -28,6 +28,25 @@ GO_MIN = (1, 24)
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ALL_BINARIES = ("etcd", *KUBE_COMMANDS, "kubectl", "helm")
+# The containerd node (opt-in): a real kubelet and kube-proxy from the same module and version,
+# and the sandbox ("pause") process every pod's network namespace hangs on.
+NODE_COMMANDS = ("kubelet", "kube-proxy")
+NODE_BINARIES = (*NODE_COMMANDS, "pause")
+PAUSE_SOURCE = """// The pod sandbox: holds the pod's namespaces open until told to stop.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	<-stop
+}
+"""
 
 
 class BinaryBuildError(RuntimeError):
@@ -120,11 +139,15 @@ def _build_module(go: str, env: dict[str, str], workdir: Path, gomod: str, packa
         _log(f"built {name}")
 
 
-def build_kubernetes() -> None:
+def _go_env() -> dict[str, str]:
+    return {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
+
+
+def build_kubernetes(commands: tuple[str, ...] = KUBE_COMMANDS) -> None:
     go = _go()
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
+    env = _go_env()
     src = cache_root() / "src"
-    missing = [c for c in KUBE_COMMANDS if not binary(c).exists()]
+    missing = [c for c in commands if not binary(c).exists()]
     if missing:
         replaces = _staging_replaces(go, env)
         gomod = (
@@ -146,7 +169,7 @@ def build_kubernetes() -> None:
             ]
         )
         _build_module(go, env, src / f"kube-{KUBERNETES_VERSION}", gomod, pkgs, ldflags)
-    if not binary("etcd").exists():
+    if commands == KUBE_COMMANDS and not binary("etcd").exists():
         gomod = f"module localcluster.build/etcd\n\ngo 1.24.0\n\nrequire go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n"
         _build_module(go, env, src / f"etcd-{ETCD_VERSION}", gomod, ["go.etcd.io/etcd/server/v3"], "-s -w")
 
@@ -177,6 +200,30 @@ def unpack_kubectl_helm() -> None:
                 tmp_out.chmod(0o755)
                 tmp_out.rename(bin_dir() / name)
                 _log(f"unpacked {name}")
+
+
+def build_pause() -> None:
+    if binary("pause").exists():
+        return
+    go, env = _go(), _go_env()
+    workdir = cache_root() / "src" / "pause"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "go.mod").write_text("module localcluster.build/pause\n\ngo 1.24.0\n")
+    (workdir / "main.go").write_text(PAUSE_SOURCE)
+    tmp = bin_dir() / ".pause.tmp"
+    _run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], workdir, env, "building pause")
+    tmp.rename(binary("pause"))
+
+
+def ensure_node() -> Path:
+    """The containerd node's binaries, on top of the control plane's (`--runtime containerd`)."""
+    ensure_all()
+    if not all(binary(b).exists() for b in NODE_BINARIES):
+        started = time.monotonic()
+        build_kubernetes(NODE_COMMANDS)
+        build_pause()
+        _log(f"node binaries ready in {bin_dir()} after {time.monotonic() - started:.0f}s")
+    return bin_dir()
 
 
 def ensure_all() -> Path:

@@ -36,14 +36,19 @@ class ClusterInfo:
     nodes: list[str]
     supervisor_pid: int
     started_seconds: float
+    runtime: str = "process"
+    pod_s3_endpoint: str = ""  # where pods reach S3 (the containerd node's pods: not the host's loopback)
 
     @classmethod
     def load(cls, state_dir: Path) -> ClusterInfo:
         return cls(**json.loads((state_dir / INFO_FILE).read_text()))
 
 
-def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int, audit: bool = False) -> None:
-    """Start everything, write cluster.json, block until told to stop."""
+def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int, audit: bool = False, runtime: str = "process") -> None:
+    """Start everything, write cluster.json, block until told to stop.
+
+    runtime "process": the process-kubelet's simulated nodes (fast; every suite but one).
+    runtime "containerd": one real node instead (containerd_node.py): real images and limits."""
     from . import s3
     from .kubelet import ProcessKubelet
 
@@ -53,22 +58,33 @@ def serve(state_dir: Path, gpu_nodes: int, cpu_nodes: int, audit: bool = False) 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cp = ControlPlane(state_dir, audit=audit)
+    containerd = runtime == "containerd"
+    if containerd:
+        from . import containerd_node
+    cp = ControlPlane(state_dir, audit=audit, advertise_address=containerd_node.NODE_IP if containerd else "127.0.0.1")
     s3_proc = None
     kubelet = None
     try:
         cp.start()
         s3_proc, s3_endpoint = s3.start_server(state_dir / "logs" / "s3.log")
-        nodes = default_nodes(gpu_nodes, cpu_nodes)
-        entrypoints = json.loads(os.environ.get("LOCALCLUSTER_IMAGE_ENTRYPOINTS", "{}"))
-        kubelet = ProcessKubelet(cp.kubeconfig_for(KUBELET), nodes, state_dir, cp.apiserver_port, entrypoints).start()
+        pod_s3_endpoint = s3_endpoint
+        if containerd:
+            kubelet = containerd_node.ContainerdNode(state_dir, cp, int(s3_endpoint.rsplit(":", 1)[1])).start()
+            pod_s3_endpoint, node_names = kubelet.s3_endpoint, [containerd_node.NODE_NAME]
+        else:
+            nodes = default_nodes(gpu_nodes, cpu_nodes)
+            entrypoints = json.loads(os.environ.get("LOCALCLUSTER_IMAGE_ENTRYPOINTS", "{}"))
+            kubelet = ProcessKubelet(cp.kubeconfig_for(KUBELET), nodes, state_dir, cp.apiserver_port, entrypoints).start()
+            node_names = [n.name for n in nodes]
         _wait_default_service_account(cp.admin_kubeconfig)
         info = ClusterInfo(
             state_dir=str(state_dir),
             kubeconfig=str(cp.admin_kubeconfig),
             server=cp.server,
             s3_endpoint=s3_endpoint,
-            nodes=[n.name for n in nodes],
+            pod_s3_endpoint=pod_s3_endpoint,
+            runtime=runtime,
+            nodes=node_names,
             supervisor_pid=os.getpid(),
             started_seconds=round(time.monotonic() - started, 2),
         )
@@ -102,9 +118,9 @@ def _wait_default_service_account(kubeconfig: Path, timeout: float = 60) -> None
 class LocalCluster:
     """Start/stop a supervisor (`python -m localcluster serve`) for a state dir."""
 
-    def __init__(self, state_dir: Path, gpu_nodes: int = 2, cpu_nodes: int = 2, audit: bool = False):
+    def __init__(self, state_dir: Path, gpu_nodes: int = 2, cpu_nodes: int = 2, audit: bool = False, runtime: str = "process"):
         self.state_dir = Path(state_dir).resolve()
-        self.gpu_nodes, self.cpu_nodes, self.audit = gpu_nodes, cpu_nodes, audit
+        self.gpu_nodes, self.cpu_nodes, self.audit, self.runtime = gpu_nodes, cpu_nodes, audit, runtime
         self.proc: subprocess.Popen | None = None
         self.info: ClusterInfo | None = None
 
@@ -126,6 +142,8 @@ class LocalCluster:
             str(self.gpu_nodes),
             "--cpu-nodes",
             str(self.cpu_nodes),
+            "--runtime",
+            self.runtime,
         ] + (["--audit"] if self.audit else [])
         if detach:  # outlives this process (make cluster): no death signal, own session
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +165,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         if self.proc is not None:
-            terminate(self.proc, grace=30)
+            terminate(self.proc, grace=30 if self.runtime == "process" else 150)  # a real node tears its pods down
             self.proc = None
 
     def __enter__(self) -> ClusterInfo:

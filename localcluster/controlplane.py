@@ -108,6 +108,9 @@ class ControlPlane:
     apiserver_port: int = 0
     etcd_port: int = 0
     audit: bool = False  # write every request's metadata to logs/audit.log (the operator scale benchmark counts them)
+    # The `kubernetes` Service's endpoint. With a containerd node, its address: pods reach the
+    # API server there (netns.Forwarder), since the host's loopback is not theirs.
+    advertise_address: str = "127.0.0.1"
 
     @property
     def pki(self) -> PKI:
@@ -184,7 +187,7 @@ class ControlPlane:
                 str(bin_("kube-apiserver")),
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--advertise-address={self.advertise_address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.state_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={p('apiserver.crt')}",

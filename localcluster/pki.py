@@ -22,7 +22,7 @@ API_SERVER_SANS_DNS = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-API_SERVER_SANS_IP = ("127.0.0.1", "10.0.0.1")
+API_SERVER_SANS_IP = ("127.0.0.1", "10.0.0.1", "10.88.0.1")  # loopback, the Service IP, the containerd node
 
 
 @dataclass(frozen=True)
