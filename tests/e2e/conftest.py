@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from localcluster import s3 as local_s3
-from localcluster.testing import create_namespace, helm, helm_install_operator, kubectl, wait_until
+from localcluster.testing import create_namespace, helm, helm_install_operator, wait_until
 from sparsify_operator.api import GROUP, PLURAL, VERSION
-from tests.support import objects
+from tests.support import datasets, objects
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sparsify-operator"
@@ -41,47 +38,10 @@ def installed_operator(cluster, core, e2e_namespace):
 @pytest.fixture(scope="session")
 def dataset_uri(cluster, e2e_namespace, tmp_path_factory):
     """A generated YOLO dataset uploaded to the local S3, and the credentials Secret."""
-    local_s3.create_bucket(cluster.s3_endpoint, "datasets")
     local_s3.create_bucket(cluster.s3_endpoint, "models")
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL_S3": cluster.s3_endpoint,
-        "AWS_ACCESS_KEY_ID": local_s3.LOCAL_ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": local_s3.LOCAL_SECRET_KEY,
-    }
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sparsify_worker.cli",
-            "make-dataset",
-            str(tmp_path_factory.mktemp("ds") / "shapes"),
-            "--train",
-            "48",
-            "--val",
-            "16",
-            "--size",
-            "160",
-            "--upload",
-            "s3://datasets/shapes",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    kubectl(
-        cluster.kubeconfig,
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        e2e_namespace,
-        f"--from-literal=AWS_ACCESS_KEY_ID={local_s3.LOCAL_ACCESS_KEY}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={local_s3.LOCAL_SECRET_KEY}",
-    )
-    return "s3://datasets/shapes/"
+    uri = datasets.upload_shapes(cluster.s3_endpoint, tmp_path_factory.mktemp("ds"))
+    datasets.create_credentials_secret(cluster.kubeconfig, e2e_namespace)
+    return uri
 
 
 E2E_SPEC = {  # the real worker on tiny images: seconds per stage on two CPU cores
