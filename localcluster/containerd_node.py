@@ -374,8 +374,13 @@ def import_images(sock: Path, refs: list[str]) -> dict[str, float]:
     save.stdout.close()
     if save.wait() != 0 or imported.returncode != 0:
         raise NodeUnavailable(f"importing {', '.join(todo)} into containerd failed: {imported.stderr.strip()}")
+    replaced = {marks[ref] for ref in todo if ref in marks} - set(todo.values())
     marks.update(todo)
     marks_file.write_text(json.dumps(marks, indent=2))
+    # The runtime also names each image by its ID; the kubelet's image GC would drop the old
+    # IDs, but it is off here (imported images cannot be pulled again): drop them ourselves.
+    for image_id in replaced - set(marks.values()):
+        ctr(sock, "images", "rm", f"sha256:{image_id}", capture_output=True)
     took = time.monotonic() - started
     log.info("imported %s into containerd in %.0fs", ", ".join(todo), took)
     return {ref: took for ref in todo}
