@@ -22,7 +22,9 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -202,6 +204,7 @@ class ContainerdNode:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise NodeUnavailable(f"another containerd node is using {root}; stop that local cluster first") from None
+        reap_stale_nodes()  # the lock is ours: whatever another node left is stale
         self._netns_before = set(_netns_names())
         netns.create(self.id, BRIDGE, f"{NODE_IP}/16")
         # The API server and S3 stay on the host's loopback; pods reach them at the node's address.
@@ -384,6 +387,45 @@ def import_images(sock: Path, refs: list[str]) -> dict[str, float]:
     took = time.monotonic() - started
     log.info("imported %s into containerd in %.0fs", ", ".join(todo), took)
     return {ref: took for ref in todo}
+
+
+def reap_stale_nodes() -> None:
+    """What a node killed without its teardown (its supervisor SIGKILLed) leaves: containerd's
+    shims keep their containers running after containerd dies. Called with the store's lock
+    held, so no other node is running: every lc-* shim, mount, namespace and directory is stale."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and any(a.startswith(b"/run/lc-") for a in argv):
+            _kill_tree(int(proc.name))
+    for run_dir in Path("/run").glob("lc-*"):
+        _unmount_under(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    _unmount_under(Path("/var/lib/localcluster"))
+    shutil.rmtree(Path("/var/lib/localcluster"), ignore_errors=True)
+    for name in _netns_names():
+        if name.startswith("lc-"):
+            netns.delete(name)
+
+
+def _kill_tree(pid: int) -> None:
+    children = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                children.append(int(proc.name))
+        except (OSError, IndexError):
+            continue
+    for child in children:
+        _kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _podman_image_id(ref: str) -> str | None:
