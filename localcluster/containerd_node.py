@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from . import binaries, netns
-from .controlplane import ControlPlane, spawn, terminate, write_kubeconfig
+from .controlplane import ControlPlane, _tail, spawn, terminate, write_kubeconfig
 from .nodes import GPU_RESOURCE, KUBELET_VERSION
 from .pki import ADMIN, KUBELET
 
@@ -434,7 +434,12 @@ def _podman_image_id(ref: str) -> str | None:
 
 
 def _ensure_pause_image() -> None:
-    if _podman_image_id(PAUSE_IMAGE):
+    image_of_pause_binary(PAUSE_IMAGE, user="65535:65535")
+
+
+def image_of_pause_binary(ref: str, user: str | None = None) -> None:
+    """A one-file image in podman: the pause binary as its entrypoint (no USER: runs as root)."""
+    if _podman_image_id(ref):
         return
     import tarfile
     import tempfile
@@ -443,11 +448,8 @@ def _ensure_pause_image() -> None:
         tar = Path(tmp) / "pause.tar"
         with tarfile.open(tar, "w") as t:
             t.add(binaries.binary("pause"), arcname="pause")
-        subprocess.run(
-            ["podman", "import", "--change", 'ENTRYPOINT ["/pause"]', "--change", "USER 65535:65535", str(tar), PAUSE_IMAGE],
-            check=True,
-            capture_output=True,
-        )
+        changes = ["--change", 'ENTRYPOINT ["/pause"]', *(["--change", f"USER {user}"] if user else [])]
+        subprocess.run(["podman", "import", *changes, str(tar), ref], check=True, capture_output=True)
 
 
 def _netns_names() -> list[str]:
@@ -463,10 +465,3 @@ def _unmount_under(path: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

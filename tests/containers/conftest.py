@@ -1,7 +1,8 @@
 """The container suite: the images `make images` built, run by a real kubelet with containerd and
 runc (the local cluster's `--runtime containerd` node). What the process-kubelet cannot show is
 shown here: an image really starts as UID 65532 on a read-only root filesystem, the kernel
-enforces memory limits, and the kubelet refuses what a security context forbids."""
+enforces memory limits, and the kubelet refuses what a security context forbids. The `kube`,
+`core` and `namespace` fixtures are the root conftest's, on this suite's `cluster`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from localcluster.cluster import ClusterInfo, LocalCluster
-from localcluster.containerd_node import NODE_NAME, NodeUnavailable, check_prerequisites, import_images, socket_of
-from localcluster.testing import api_client, create_namespace, wait_until
+from localcluster.containerd_node import NODE_NAME, NodeUnavailable, check_prerequisites, image_of_pause_binary, import_images, socket_of
+from localcluster.testing import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), flags=re.M)[1]
@@ -52,47 +53,11 @@ def cluster(images, tmp_path_factory) -> ClusterInfo:
     state = Path(tmp_path_factory.mktemp("ctr"))
     lc = LocalCluster(state, runtime="containerd")
     info = lc.start()
-    _ensure_root_probe_image()
+    image_of_pause_binary(ROOT_PROBE_IMAGE)
     took = import_images(socket_of(state), [*images.values(), ROOT_PROBE_IMAGE])
     print(f"\ncontainerd node up in {info.started_seconds}s; image imports: {json.dumps({k: round(v) for k, v in took.items()})}")
     yield info
     lc.stop()
-
-
-@pytest.fixture(scope="session")
-def kube(cluster):
-    return api_client(cluster.kubeconfig)
-
-
-@pytest.fixture(scope="session")
-def core(kube):
-    from kubernetes import client
-
-    return client.CoreV1Api(kube)
-
-
-@pytest.fixture
-def namespace(core, request):
-    ns = create_namespace(core, prefix=request.node.name[:20].lower().replace("_", "-").strip("-"))
-    yield ns
-    core.delete_namespace(ns)
-
-
-def _ensure_root_probe_image() -> None:
-    if subprocess.run(["podman", "image", "exists", ROOT_PROBE_IMAGE]).returncode == 0:
-        return
-    import tarfile
-    import tempfile
-
-    from localcluster import binaries
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tar = Path(tmp) / "probe.tar"
-        with tarfile.open(tar, "w") as t:
-            t.add(binaries.binary("pause"), arcname="pause")
-        subprocess.run(
-            ["podman", "import", "--change", 'ENTRYPOINT ["/pause"]', str(tar), ROOT_PROBE_IMAGE], check=True, capture_output=True
-        )
 
 
 def pod(name: str, image: str, command: list[str], restricted: bool = True, **container) -> dict:
